@@ -1,0 +1,1 @@
+"""Data contracts shared by the API (`app/`) and the workers, importable without torch."""

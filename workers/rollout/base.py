@@ -1,0 +1,54 @@
+"""The rollout protocol: how a training stage or an evaluation asks a backend for completions.
+
+A backend is chosen once, when it is built (`make_backend`), never inside the loop. Backends return
+token ids, never text, so the trainer scores exactly the tokens that were sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    num_samples: int = 1
+    seed: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation. `token_ids` includes the stop token when the turn ended by itself;
+    `logprobs` are the sampler's log-probabilities of those tokens (at its temperature)."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...] = field(default=())
+    finish_reason: FinishReason = "stop"
+
+
+class RolloutBackend(Protocol):
+    name: str
+    # True when the sampler computes the same numbers as the trainer (same weights, kernels and
+    # dtype), so importance weights would all be 1 and are skipped.
+    exact_numerics: bool
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[list[Completion]]:  # [prompt][sample]
+        ...
+
+    def sync_weights(self, step: int) -> None:
+        """Make the next `generate` sample from the student's current weights."""
+        ...
+
+    def close(self) -> None: ...

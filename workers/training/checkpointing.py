@@ -1,0 +1,141 @@
+"""Resumable stage checkpoints, written atomically (temp dir + rename).
+
+Layout of `<out>/checkpoints/step-000040/`:
+- the student: `model.safetensors` + config (full fine-tuning) or `adapter_model.safetensors` +
+  `adapter_config.json` (LoRA), written by `save_pretrained`;
+- `optimizer.pt`: AdamW and LR-scheduler state;
+- `teacher.safetensors`: the EMA teacher's fp32 shadow (absent for frozen/live teachers);
+- `meta.json`: the full config, step, data position, RNG states, base model and its sha256, the
+  file names above and the student weights' sha256.
+A directory without `meta.json` is never considered: the rename is the commit point.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from app.contracts.artifacts import file_sha256
+
+FORMAT_VERSION = 1
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def is_lora(self) -> bool:
+        return (self.path / "adapter_config.json").is_file()
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch_cpu": base64.b64encode(torch.random.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    cpu = torch.frombuffer(bytearray(base64.b64decode(state["torch_cpu"])), dtype=torch.uint8)
+    torch.random.set_rng_state(cpu)
+    if torch.cuda.is_available() and "torch_cuda" in state:
+        cuda = [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["torch_cuda"]]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def weights_sha256(directory: Path) -> str:
+    names = sorted(p.name for p in directory.glob("*.safetensors") if p.name != "teacher.safetensors")
+    joined = "".join(f"{n}:{file_sha256(directory / n)};" for n in names)
+    import hashlib
+
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def save_checkpoint(
+    out_dir: Path,
+    *,
+    step: int,
+    student: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    teacher_state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    keep: int,
+) -> Checkpoint:
+    root = out_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=root))
+    try:
+        student.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optimizer.pt")
+        if teacher_state:
+            save_file(teacher_state, str(staging / "teacher.safetensors"))
+        full_meta = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "created_at": int(time.time()),
+            "rng": rng_state(),
+            "files": {
+                "optimizer": "optimizer.pt",
+                "teacher": "teacher.safetensors" if teacher_state else None,
+            },
+            "weights_sha256": weights_sha256(staging),
+        }
+        (staging / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
+        final = root / f"step-{step:06d}"
+        if final.exists():  # a re-run of the same step (e.g. a redelivered task) replaces it whole
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _prune(root, keep)
+    return Checkpoint(final, full_meta)
+
+
+def _prune(root: Path, keep: int) -> None:
+    complete = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
+    for old in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):  # left by a crash mid-write; never referenced
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(out_dir: Path) -> Checkpoint | None:
+    root = out_dir / CHECKPOINTS
+    complete = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file()) if root.is_dir() else []
+    if not complete:
+        return None
+    path = complete[-1]
+    return Checkpoint(path, json.loads((path / "meta.json").read_text()))
+
+
+def load_training_state(
+    checkpoint: Checkpoint, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> dict[str, torch.Tensor]:
+    """Restore optimizer, scheduler and RNG state; return the teacher tensors (possibly empty)."""
+    state = torch.load(checkpoint.path / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(checkpoint.meta["rng"])
+    teacher_file = checkpoint.meta["files"].get("teacher")
+    return load_file(str(checkpoint.path / teacher_file)) if teacher_file else {}
