@@ -137,19 +137,24 @@ class ModelTeacher:
         dtype: torch.dtype,
     ):
         self.kind = "ema" if sources is not None else "frozen"
-        self.model = base_copy.to(dtype).eval().requires_grad_(False)
         self.rate = rate
         self.sources = sources or {}
-        params = dict(self.model.named_parameters(remove_duplicate=False))
-        missing = sorted(set(self.sources) - set(params))
+        full_precision = dict(base_copy.named_parameters(remove_duplicate=False))
+        missing = sorted(set(self.sources) - set(full_precision))
         if missing:
             raise ValueError(f"teacher has no parameter(s) {missing[:3]} to follow")
-        self.targets = {name: params[name] for name in self.sources}
-        # fp32 params are their own shadow; lower-precision ones get an fp32 shadow beside them.
+        # The shadow starts from the fp32 weights, before any cast: fp32 params are their own shadow,
+        # lower-precision ones get an fp32 copy beside them.
+        keep_own = dtype == torch.float32
         self.shadow = {
-            name: p.data if p.dtype == torch.float32 else p.detach().float().clone()
-            for name, p in self.targets.items()
+            name: full_precision[name].data.float() if keep_own else full_precision[name].detach().float().clone()
+            for name in self.sources
         }
+        self.model = base_copy.to(dtype).eval().requires_grad_(False)
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        self.targets = {name: params[name] for name in self.sources}
+        if keep_own:
+            self.shadow = {name: self.targets[name].data for name in self.sources}
 
     @torch.no_grad()
     def hidden(self, batch: PackedBatch) -> torch.Tensor:
