@@ -1,0 +1,1 @@
+"""Regression suites, graders, statistics, the promotion gate and the forgetting matrix (no torch)."""
