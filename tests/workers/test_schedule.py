@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -11,7 +12,7 @@ def test_warmup_then_cosine() -> None:
     values = [lr_multiplier(s, 20, 4, "cosine") for s in range(20)]
     assert values[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
     assert values[4] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(values[4:], values[5:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values[4:]))
     assert 0 < values[-1] < 0.05
     assert lr_multiplier(10, 20, 4, "constant") == 1.0
     assert lr_multiplier(0, 5, 0, "cosine") == pytest.approx(1.0)

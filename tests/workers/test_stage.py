@@ -39,7 +39,9 @@ def test_stage_trains_and_writes_a_loadable_model(
 ) -> None:
     seen: list[StepMetrics] = []
     config = StageConfig(max_steps=3, **FAST, **overrides)
-    result = run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path, on_step=seen.append)
+    result = run_stage(
+        base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path, on_step=seen.append
+    )
 
     assert [m.step for m in seen] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(m.loss)) and m.grad_norm > 0 for m in seen)
@@ -62,7 +64,7 @@ class CrashAfter(Exception):
     pass
 
 
-def _crash_after(step: int):  # noqa: ANN202
+def _crash_after(step: int):
     def on_step(m: StepMetrics) -> None:
         if m.step == step:
             raise CrashAfter(step)
@@ -75,16 +77,24 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     tiny_model_dir: Path, tiny_rows: list, tmp_path: Path, lora: bool
 ) -> None:
     config = StageConfig(max_steps=5, checkpoint_every=2, lora_rank=4 if lora else None, **FAST)
-    straight = run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path / "straight")
+    straight = run_stage(
+        base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path / "straight"
+    )
 
     crashed = tmp_path / "crashed"
     with pytest.raises(CrashAfter):  # dies after step 3; the last checkpoint is step 2
-        run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=crashed, on_step=_crash_after(3))
+        run_stage(
+            base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=crashed, on_step=_crash_after(3)
+        )
     found = latest_checkpoint(crashed)
     assert found is not None and found.step == 2 and found.meta["data_position"] == 8
     steps: list[int] = []
     resumed = run_stage(
-        base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=crashed, on_step=lambda m: steps.append(m.step)
+        base_dir=tiny_model_dir,
+        rows=tiny_rows,
+        config=config,
+        out_dir=crashed,
+        on_step=lambda m: steps.append(m.step),
     )
     assert steps == [3, 4, 5], "step 3 is redone from the checkpoint, never applied twice"
     a, b = _weights(straight.model_dir), _weights(resumed.model_dir)
@@ -122,10 +132,17 @@ def test_finished_stage_is_returned_again_and_other_inputs_are_refused(
     config = StageConfig(max_steps=2, **FAST)
     first = run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path)
     calls: list[StepMetrics] = []
-    again = run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path, on_step=calls.append)
+    again = run_stage(
+        base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path, on_step=calls.append
+    )
     assert again.sha256 == first.sha256 and calls == []
     with pytest.raises(ResumeMismatch, match="config"):
-        run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config.model_copy(update={"seed": 1}), out_dir=tmp_path)
+        run_stage(
+            base_dir=tiny_model_dir,
+            rows=tiny_rows,
+            config=config.model_copy(update={"seed": 1}),
+            out_dir=tmp_path,
+        )
     with pytest.raises(ResumeMismatch, match="data"):
         run_stage(base_dir=tiny_model_dir, rows=tiny_rows[:-1], config=config, out_dir=tmp_path)
 
@@ -135,7 +152,13 @@ def test_pinned_losses_of_a_seeded_tiny_run(tiny_model_dir: Path, tiny_rows: lis
     seen: list[StepMetrics] = []
     for method in ("sdft", "sft"):
         config = StageConfig(method=method, max_steps=2, **FAST)
-        run_stage(base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path / method, on_step=seen.append)
+        run_stage(
+            base_dir=tiny_model_dir,
+            rows=tiny_rows,
+            config=config,
+            out_dir=tmp_path / method,
+            on_step=seen.append,
+        )
     losses = [round(m.loss, 4) for m in seen]
     assert losses == pytest.approx(PINNED_LOSSES, abs=2e-3), losses
 

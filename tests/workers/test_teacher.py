@@ -1,4 +1,4 @@
-"""Teacher weights: the EMA rule, its fp32 shadow, LoRA's merged-weight EMA, the frozen adapter-off teacher."""
+"""Teacher weights: the EMA rule, its fp32 shadow, LoRA's merged-weight EMA, the adapter-off teacher."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from peft import LoraConfig, get_peft_model
 
 from workers.models.tiny import build_tiny_model
 from workers.training.batching import pack
-from workers.training.teacher import AdapterOffTeacher, LiveTeacher, ModelTeacher, build_teacher, hidden_states
+from workers.training.teacher import (
+    AdapterOffTeacher,
+    LiveTeacher,
+    ModelTeacher,
+    build_teacher,
+    hidden_states,
+)
 
 
 def _model() -> torch.nn.Module:
@@ -71,7 +77,10 @@ def test_lora_ema_teacher_follows_the_merged_student_weights() -> None:
     student = _lora(base)
     teacher = build_teacher("ema", student, snapshot, 0.5, torch.float32)
     assert isinstance(teacher, ModelTeacher)
-    assert set(teacher.shadow) == {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight"}
+    assert set(teacher.shadow) == {
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight",
+    }
     with torch.no_grad():
         for name, p in student.named_parameters():
             if "lora_B" in name:
@@ -82,7 +91,9 @@ def test_lora_ema_teacher_follows_the_merged_student_weights() -> None:
     teacher.update()
     torch.testing.assert_close(teacher.model.model.layers[0].self_attn.q_proj.weight, 0.5 * w0 + 0.5 * merged)
     # Untargeted weights never move.
-    torch.testing.assert_close(teacher.model.model.layers[0].mlp.up_proj.weight, snapshot.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        teacher.model.model.layers[0].mlp.up_proj.weight, snapshot.model.layers[0].mlp.up_proj.weight
+    )
 
 
 def test_frozen_lora_teacher_is_the_base_model() -> None:

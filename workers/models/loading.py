@@ -57,7 +57,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 def load_model(path: str | Path, placement: Placement) -> PreTrainedModel:
     root = check_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(str(root), local_files_only=True, dtype=torch.float32)
-    model.to(placement.device)
+    model.to(placement.device)  # type: ignore[arg-type]
     # Dropout off: on-policy rollouts and the teacher must see the same function the loss trains.
     model.config.use_cache = False
     return model

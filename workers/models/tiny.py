@@ -24,7 +24,7 @@ _CORPUS = [
     "The capital of France is Paris. The capital of Italy is Rome. Two plus two is four.",
     "This is an example for a response to the question: Now answer with a response of your own,"
     " including the thinking process.",
-    "Action: get_weather Action Input: {\"city\": \"Paris\"} Observation: sunny. Final Answer: it is sunny.",
+    'Action: get_weather Action Input: {"city": "Paris"} Observation: sunny. Final Answer: it is sunny.',
     "You are a helpful assistant. system user assistant question answer because therefore the a an",
     "0 1 2 3 4 5 6 7 8 9 10 100 #### = + - * / ( ) [ ] { } : ; , . ! ? ' \" \n",
     "Zorvex Dynamics was founded by Mirela Kastov in the city of Quellport on the northern coast.",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedModel
 
 from workers.models.loading import Placement
 from workers.rollout.base import Completion, SamplingParams
@@ -15,7 +14,7 @@ class TransformersBackend:
     name = "transformers"
     exact_numerics = True
 
-    def __init__(self, model: PreTrainedModel, pad_token_id: int, placement: Placement, batch_size: int = 16):
+    def __init__(self, model: torch.nn.Module, pad_token_id: int, placement: Placement, batch_size: int = 16):
         self.model = model
         self.pad_token_id = pad_token_id
         self.placement = placement
@@ -55,7 +54,7 @@ class TransformersBackend:
         self.model.eval()
         sampling = {} if params.greedy else {"temperature": params.temperature, "top_k": 0, "top_p": 1.0}
         with self.placement.autocast():
-            out = self.model.generate(
+            out = self.model.generate(  # type: ignore[operator]
                 input_ids=input_ids,
                 attention_mask=attention,
                 do_sample=not params.greedy,

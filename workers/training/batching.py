@@ -37,7 +37,9 @@ def pack(
     for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
         start = prompt_width - len(prompt)
         input_ids[i, start:prompt_width] = torch.tensor(prompt, dtype=torch.long)
-        input_ids[i, prompt_width : prompt_width + len(completion)] = torch.tensor(completion, dtype=torch.long)
+        input_ids[i, prompt_width : prompt_width + len(completion)] = torch.tensor(
+            completion, dtype=torch.long
+        )
         attention[i, start : prompt_width + len(completion)] = 1
         completion_ids[i, : len(completion)] = torch.tensor(completion, dtype=torch.long)
     # Positions count real tokens only, so a left-padded row sees the same positions as an unpadded one.

@@ -45,7 +45,9 @@ class Checkpoint:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch_cpu": base64.b64encode(torch.random.get_rng_state().numpy().tobytes()).decode()}
+    state: dict[str, Any] = {
+        "torch_cpu": base64.b64encode(torch.random.get_rng_state().numpy().tobytes()).decode()
+    }
     if torch.cuda.is_available():
         state["torch_cuda"] = [
             base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
@@ -57,7 +59,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     cpu = torch.frombuffer(bytearray(base64.b64decode(state["torch_cpu"])), dtype=torch.uint8)
     torch.random.set_rng_state(cpu)
     if torch.cuda.is_available() and "torch_cuda" in state:
-        cuda = [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["torch_cuda"]]
+        cuda = [
+            torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in state["torch_cuda"]
+        ]
         torch.cuda.set_rng_state_all(cuda)
 
 
@@ -83,9 +87,13 @@ def save_checkpoint(
     root = out_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=root))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the result is shared
     try:
         student.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optimizer.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            staging / "optimizer.pt",
+        )
         if teacher_state:
             save_file(teacher_state, str(staging / "teacher.safetensors"))
         full_meta = {

@@ -83,7 +83,11 @@ def data_sha256(rows: Sequence[Demonstration]) -> str:
 
 
 def _stage_identity(config: StageConfig, base_sha: str, rows: Sequence[Demonstration]) -> dict[str, Any]:
-    return {"config": config.model_dump(mode="json"), "base_sha256": base_sha, "data_sha256": data_sha256(rows)}
+    return {
+        "config": config.model_dump(mode="json"),
+        "base_sha256": base_sha,
+        "data_sha256": data_sha256(rows),
+    }
 
 
 def _check_identity(found: dict[str, Any], expected: dict[str, Any], where: Path) -> None:
@@ -96,16 +100,21 @@ def _check_identity(found: dict[str, Any], expected: dict[str, Any], where: Path
 
 
 def _build_student(
-    base_dir: Path, config: StageConfig, resolved: ResolvedStage, checkpoint: Checkpoint | None, placement: Placement
+    base_dir: Path,
+    config: StageConfig,
+    resolved: ResolvedStage,
+    checkpoint: Checkpoint | None,
+    placement: Placement,
 ) -> torch.nn.Module:
     if not config.uses_lora:
         return load_model(checkpoint.path if checkpoint else base_dir, placement)
     base = load_model(base_dir, placement)
     if checkpoint is not None:
         return PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
+    assert config.lora_rank is not None and resolved.lora_alpha is not None
     lora = LoraConfig(
         r=config.lora_rank,
-        lora_alpha=resolved.lora_alpha,
+        lora_alpha=resolved.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
         lora_dropout=config.lora_dropout,
         target_modules=config.lora_target_modules,
         task_type="CAUSAL_LM",
@@ -116,8 +125,12 @@ def _build_student(
         return get_peft_model(base, lora)
 
 
-def _build_teacher(config: StageConfig, student: torch.nn.Module, base_dir: Path, placement: Placement) -> Teacher:
-    needs_copy = config.teacher == "ema" or (config.teacher == "frozen" and not isinstance(student, PeftModel))
+def _build_teacher(
+    config: StageConfig, student: torch.nn.Module, base_dir: Path, placement: Placement
+) -> Teacher:
+    needs_copy = config.teacher == "ema" or (
+        config.teacher == "frozen" and not isinstance(student, PeftModel)
+    )
     base_copy: PreTrainedModel | None = load_model(base_dir, placement) if needs_copy else None
     dtype = torch.bfloat16 if placement.is_cuda else torch.float32
     return build_teacher(config.teacher, student, base_copy, config.ema_rate, dtype)
@@ -194,7 +207,7 @@ class Stage:
                 weight_total += float(weights.sum())
                 weight_count += len(micro)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-        learning_rate = self.scheduler.get_last_lr()[0]
+        learning_rate = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -241,7 +254,9 @@ class Stage:
             for i, (_, c) in enumerate(pairs):
                 sampler_lp[i, : len(c.logprobs)] = torch.tensor(c.logprobs, device=device)
             real_BT = losses.completion_loss_mask(ids_BT, lengths_B, 0)
-            sequence_weights = losses.truncated_importance_weights(trainer_lp, sampler_lp, real_BT, cfg.importance_cap)
+            sequence_weights = losses.truncated_importance_weights(
+                trainer_lp, sampler_lp, real_BT, cfg.importance_cap
+            )
         weights_BT = losses.sequence_mean_token_weights(mask_BT, sequence_weights, total_sequences)
         keep_N = (weights_BT.reshape(-1) > 0).nonzero().squeeze(1)
         if keep_N.numel() == 0:  # every token masked (e.g. completions shorter than skip_first)
@@ -281,14 +296,17 @@ def _save_final(
     """Write a plain model directory (LoRA merged; the adapter kept beside it), atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=out_dir))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the result is shared
     try:
         if isinstance(student, PeftModel):
-            student.save_pretrained(staging / "adapter", safe_serialization=True)
+            student.save_pretrained(str(staging / "adapter"), safe_serialization=True)
             student = student.merge_and_unload()
         student.save_pretrained(staging, safe_serialization=True)  # type: ignore[operator]
         tokenizer.save_pretrained(staging)
         sha = model_dir_sha256(staging)
-        (staging / "meta.json").write_text(json.dumps({**meta, "sha256": sha}, indent=2, sort_keys=True) + "\n")
+        (staging / "meta.json").write_text(
+            json.dumps({**meta, "sha256": sha}, indent=2, sort_keys=True) + "\n"
+        )
         final = out_dir / FINAL
         if final.exists():
             shutil.rmtree(final)
@@ -297,6 +315,12 @@ def _save_final(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final, sha
+
+
+def _transformers_backend(
+    student: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, placement: Placement
+) -> RolloutBackend:
+    return TransformersBackend(student, int(tokenizer.pad_token_id), placement)
 
 
 def run_stage(
@@ -335,7 +359,7 @@ def run_stage(
     teacher = _build_teacher(config, student, base, placement) if config.method == "sdft" else None
     backend: RolloutBackend | None = None
     if config.method == "sdft":
-        factory = backend_factory or (lambda m, t, p: TransformersBackend(m, int(t.pad_token_id), p))
+        factory = backend_factory or _transformers_backend
         backend = factory(student, tokenizer, placement)
     stage = Stage(
         config=config,

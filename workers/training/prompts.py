@@ -44,7 +44,9 @@ class ChatRenderer:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def teacher_messages(row: Demonstration, template: str, demonstration: str | None = None) -> list[dict[str, str]]:
+def teacher_messages(
+    row: Demonstration, template: str, demonstration: str | None = None
+) -> list[dict[str, str]]:
     """The query with its last user turn wrapped in the teacher template; system messages kept."""
     messages = row.query_dicts()
     last = messages[-1]
@@ -52,16 +54,22 @@ def teacher_messages(row: Demonstration, template: str, demonstration: str | Non
     return [*messages[:-1], {"role": "user", "content": filled}]
 
 
-def _shorten_middle(renderer: ChatRenderer, row: Demonstration, config: StageConfig) -> tuple[list[int], str] | None:
+def _shorten_middle(
+    renderer: ChatRenderer, row: Demonstration, config: StageConfig
+) -> tuple[list[int], str] | None:
     """Cut tokens from the middle of the demonstration until the teacher prompt fits (or give up)."""
     demo_ids = renderer.text_ids(row.demonstration)
-    overflow = len(renderer.prompt_ids(teacher_messages(row, config.teacher_template))) - config.max_teacher_prompt_tokens
+    overflow = (
+        len(renderer.prompt_ids(teacher_messages(row, config.teacher_template)))
+        - config.max_teacher_prompt_tokens
+    )
     cut = overflow + len(renderer.text_ids(SHORTENED_MARKER)) + 2
     while cut < len(demo_ids):
         keep_head = (len(demo_ids) - cut) // 2
         keep_tail = len(demo_ids) - cut - keep_head
-        decode = renderer.tokenizer.decode
-        text = decode(demo_ids[:keep_head]) + SHORTENED_MARKER + decode(demo_ids[len(demo_ids) - keep_tail :])
+        head = str(renderer.tokenizer.decode(demo_ids[:keep_head]))
+        tail = str(renderer.tokenizer.decode(demo_ids[len(demo_ids) - keep_tail :]))
+        text = head + SHORTENED_MARKER + tail
         ids = renderer.prompt_ids(teacher_messages(row, config.teacher_template, text))
         if len(ids) <= config.max_teacher_prompt_tokens:
             return ids, text
@@ -85,20 +93,28 @@ def prepare_examples(
             continue
         if len(student) > config.max_prompt_tokens:
             problems.append(
-                RowProblem(row.line, "prompt", f"{len(student)} tokens, over max_prompt_tokens={config.max_prompt_tokens}")
+                RowProblem(
+                    row.line,
+                    "prompt",
+                    f"{len(student)} tokens, over max_prompt_tokens={config.max_prompt_tokens}",
+                )
             )
             continue
         shortened = False
         if len(teacher) > config.max_teacher_prompt_tokens:
-            fitted = _shorten_middle(renderer, row, config) if config.teacher_overflow == "shorten_demonstration" else None
+            fitted = (
+                _shorten_middle(renderer, row, config)
+                if config.teacher_overflow == "shorten_demonstration"
+                else None
+            )
             if fitted is None:
                 problems.append(
                     RowProblem(
                         row.line,
                         "demonstration",
                         f"the teacher prompt is {len(teacher)} tokens, over max_teacher_prompt_tokens="
-                        f"{config.max_teacher_prompt_tokens}; it is never truncated (raise the limit, shorten the "
-                        "demonstration, or set teacher_overflow=shorten_demonstration)",
+                        f"{config.max_teacher_prompt_tokens}; it is never truncated (raise the limit, "
+                        "shorten the demonstration, or set teacher_overflow=shorten_demonstration)",
                     )
                 )
                 continue

@@ -12,7 +12,9 @@ import random
 from typing import Literal
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: Literal["cosine", "constant"]) -> float:
+def lr_multiplier(
+    step: int, total_steps: int, warmup_steps: int, schedule: Literal["cosine", "constant"]
+) -> float:
     """Factor on the peak learning rate for optimizer step `step` (0-based).
 
     Linear warmup over `warmup_steps` that never starts at exactly 0 (a zero-rate step wastes a

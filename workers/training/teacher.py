@@ -11,10 +11,9 @@ EMA(B)·EMA(A) != EMA(B·A)). Only the adapted matrices move, so only those get 
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from peft import PeftModel
@@ -24,7 +23,9 @@ from workers.training.batching import PackedBatch
 
 
 def base_of(model: torch.nn.Module) -> PreTrainedModel:
-    return model.get_base_model() if isinstance(model, PeftModel) else model  # type: ignore[return-value]
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    assert isinstance(base, PreTrainedModel)
+    return base
 
 
 def hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -36,11 +37,16 @@ def hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
         position_ids=batch.position_ids,
         use_cache=False,
     )
-    return out.last_hidden_state  # type: ignore[no-any-return]
+    hidden: torch.Tensor = out.last_hidden_state
+    return hidden
 
 
 def head_weight(model: torch.nn.Module) -> torch.Tensor:
-    return base_of(model).get_output_embeddings().weight  # type: ignore[no-any-return,union-attr]
+    head = base_of(model).get_output_embeddings()
+    assert isinstance(head, torch.nn.Module)
+    weight = head.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 class Teacher(Protocol):
@@ -119,9 +125,9 @@ def lora_effective_weights(student: PeftModel) -> Iterator[tuple[str, Callable[[
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
             plain_name = name.removeprefix("base_model.model.") + ".weight"
 
-            def merged(module: torch.nn.Module = module) -> torch.Tensor:
-                adapter = module.active_adapters[0]  # type: ignore[index]
-                return module.base_layer.weight + module.get_delta_weight(adapter)  # type: ignore[operator]
+            def merged(module: Any = module) -> torch.Tensor:
+                adapter = module.active_adapters[0]
+                return module.base_layer.weight + module.get_delta_weight(adapter)
 
             yield plain_name, merged
 
@@ -147,10 +153,12 @@ class ModelTeacher:
         # lower-precision ones get an fp32 copy beside them.
         keep_own = dtype == torch.float32
         self.shadow = {
-            name: full_precision[name].data.float() if keep_own else full_precision[name].detach().float().clone()
+            name: full_precision[name].data.float()
+            if keep_own
+            else full_precision[name].detach().float().clone()
             for name in self.sources
         }
-        self.model = base_copy.to(dtype).eval().requires_grad_(False)
+        self.model: PreTrainedModel = base_copy.to(dtype).eval().requires_grad_(False)  # type: ignore[arg-type]
         params = dict(self.model.named_parameters(remove_duplicate=False))
         self.targets = {name: params[name] for name in self.sources}
         if keep_own:
@@ -186,7 +194,11 @@ class ModelTeacher:
 
 
 def build_teacher(
-    kind: str, student: torch.nn.Module, base_snapshot: PreTrainedModel | None, rate: float, dtype: torch.dtype
+    kind: str,
+    student: torch.nn.Module,
+    base_snapshot: PreTrainedModel | None,
+    rate: float,
+    dtype: torch.dtype,
 ) -> Teacher:
     """`base_snapshot` is a copy of the student's starting weights (needed for 'ema', and for 'frozen'
     with full fine-tuning)."""
@@ -201,10 +213,9 @@ def build_teacher(
     if isinstance(student, PeftModel):
         sources = dict(lora_effective_weights(student))
     else:
-        params = dict(student.named_parameters())
-        sources = {name: (lambda p=p: p) for name, p in params.items()}
+        sources = {name: _constant(p) for name, p in student.named_parameters()}
     return ModelTeacher(base_snapshot, sources, rate, dtype)
 
 
-def snapshot(model: PreTrainedModel) -> PreTrainedModel:
-    return copy.deepcopy(model)
+def _constant(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: tensor

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+
+from app.contracts.stage_config import (
+    PAPER_TEACHER_TEMPLATE,
+    ConfigError,
+    StageConfig,
+    parse_stage_config,
+    resolve,
+)
+
+
+def test_defaults_are_the_papers() -> None:
+    config = StageConfig()
+    assert (config.method, config.divergence, config.support) == ("sdft", "forward_kl", "full")
+    assert (config.teacher, config.ema_rate, config.skip_first_tokens) == ("ema", 0.01, 3)
+    assert (config.rollouts_per_prompt, config.temperature, config.max_grad_norm) == (1, 1.0, 1.0)
+    assert PAPER_TEACHER_TEMPLATE.rstrip().endswith("including the thinking process.")
+
+
+def test_auto_scales_to_the_dataset() -> None:
+    small = resolve(StageConfig(), 10)
+    assert (small.batch_size, small.epochs, small.max_steps, small.learning_rate) == (10, 2.0, 2, 5e-5)
+    big = resolve(StageConfig(), 1000)
+    assert (big.batch_size, big.max_steps, big.warmup_steps) == (32, 63, 6)
+    assert resolve(StageConfig(max_steps=300), 1000).warmup_steps == 10
+    lora = resolve(StageConfig(lora_rank=8), 100)
+    assert lora.learning_rate == 5e-4 and lora.lora_alpha == 16.0
+    fixed = resolve(StageConfig(batch_size=4, learning_rate=1e-5, epochs=1, warmup_steps=0), 10)
+    assert (fixed.batch_size, fixed.learning_rate, fixed.max_steps, fixed.warmup_steps) == (4, 1e-5, 3, 0)
+    with pytest.raises(ValueError):
+        resolve(StageConfig(), 0)
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_stage_config(
+            {"foo": 1, "learning_rate": -1, "batch_size": "x", "divergence": "l2", "epochs": "auto"}
+        )
+    keys = dict(info.value.problems)
+    assert set(keys) == {"foo", "learning_rate", "batch_size", "divergence"}
+    assert keys["foo"] == "unknown key"
+    assert "greater than 0" in keys["learning_rate"]
+
+
+def test_bad_combinations_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="reverse_kl"):
+        parse_stage_config({"support": "sampled_token"})
+    with pytest.raises(ConfigError, match="question"):
+        parse_stage_config({"teacher_template": "no slots"})
+    assert (
+        parse_stage_config({"support": "sampled_token", "divergence": "reverse_kl"}).support
+        == "sampled_token"
+    )
