@@ -115,6 +115,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     reason = vllm_unavailable_reason() if args.backend == "vllm" else None
     if reason:
         problems.append(f"backend: {reason}")
+    if args.batch_size < 1:
+        problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        problems.append(f"json: the directory of {args.json} does not exist")
     if problems:
         return _report(problems)
 
@@ -189,6 +193,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     reason = vllm_unavailable_reason() if args.backend == "vllm" else None
     if reason:
         problems.append(f"backend: {reason}")
+    if args.batch_size < 1:
+        problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        problems.append(f"json: the directory of {args.json} does not exist")
     if problems:
         return _report(problems)
 
