@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONDoc
+
+
+class ApiToken(Base):
+    __tablename__ = "api_token"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # sha256 of the secret: a leaked database does not leak usable tokens.
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSONDoc)
+    created_at: Mapped[int]
+    revoked_at: Mapped[int | None]

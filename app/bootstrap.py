@@ -1,0 +1,63 @@
+"""First start of the embedded default: migrate the database, create the admin token file.
+
+`sdft up` (the lead's command) and `sdft serve` on SQLite call these; both are safe to call on every start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import app
+from app.auth.service import Scope, authenticate, create_token
+from app.db import make_engine, make_sessionmaker, session_scope
+from app.settings import Settings
+
+MIGRATIONS_DIR = Path(app.__file__).resolve().parent.parent / "migrations"
+ADMIN_TOKEN_NAME = "admin (bootstrap)"
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config that works from any working directory (and without alembic.ini)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def ensure_database(settings: Settings) -> None:
+    """Bring the schema to the latest migration (`alembic upgrade head`)."""
+    command.upgrade(alembic_config(settings.database_url), "head")
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(tmp, 0o600)  # the umask cannot widen it, but an existing tmp file kept its old mode
+    os.replace(tmp, path)
+
+
+def ensure_admin_token(settings: Settings) -> Path:
+    """Create an admin token on first start and write it to `settings.admin_token_file` (mode 600).
+    Later starts reuse it while it is still a valid admin token in this database."""
+    path = settings.admin_token_file
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            if path.is_file():
+                principal = authenticate(session, path.read_text().strip())
+                if principal is not None and principal.has(Scope.ADMIN):
+                    return path
+            _token, secret = create_token(session, name=ADMIN_TOKEN_NAME, scopes=[Scope.ADMIN])
+            _write_private(path, secret)
+    finally:
+        engine.dispose()
+    return path

@@ -1,0 +1,115 @@
+"""Engine, sessions and the declarative base. `get_session` is the only place that commits or rolls back.
+
+The same models run on SQLite (embedded default) and PostgreSQL (production). SQLite gets WAL (readers
+never block the writer), enforced foreign keys and a busy timeout, and pysqlite's own transaction
+handling is replaced by explicit BEGINs so that SAVEPOINTs (used for idempotent inserts) work.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import JSON, Engine, MetaData, create_engine, event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def now() -> int:
+    """Timestamps are unix seconds, as in OpenAI's API."""
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    """Prefixed, time-ordered ids (`job_0193a...`): sorting by id sorts by creation, which cursor
+    pagination relies on; 64 random bits keep ids unguessable and collision-free."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last commit
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def make_engine(database_url: str) -> Engine:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine, info: dict[str, Any] | None = None) -> sessionmaker[Session]:
+    """`info` seeds every session's `.info` (app.queue keeps its task producer there)."""
+    # expire_on_commit=False: responses are built from objects after the commit.
+    return sessionmaker(bind=engine, expire_on_commit=False, info=info or {})
+
+
+# An `after_commit` hook cannot raise (the session is mid-commit); it leaves its error here and
+# `session_scope` raises it once the commit is complete (app.queue uses this for unsent messages).
+AFTER_COMMIT_ERROR_KEY = "after_commit_error"
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """Commit on success, roll back on any error. Workers and the CLI use this; the API uses get_session."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    error = session.info.pop(AFTER_COMMIT_ERROR_KEY, None)
+    if error is not None:
+        raise error
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """Request-scoped session: commits after the handler returns, before the response is sent."""
+    with session_scope(request.app.state.sessionmaker) as session:
+        yield session
+
+
+# scope="function": the commit happens before the response leaves, so a client that reads right after
+# a write sees it, and a failed commit becomes an error response instead of a lost write.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

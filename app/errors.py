@@ -1,0 +1,178 @@
+"""One error shape everywhere: ``{"error": {"type", "code", "message", "param"}}`` with the HTTP status.
+
+Domain code raises an `AppError` subclass; the handlers here render it, FastAPI's request validation,
+Starlette's 404/405 and anything unexpected (500, logged, never a stack trace to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status: int = 400
+    type: str = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.details = details or {}
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        error = {"type": self.type, "code": self.code, "message": self.message, "param": self.param}
+        return {"error": {**error, **self.details}}
+
+
+class BadRequest(AppError):
+    status = 400
+
+
+class Unauthorized(AppError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(AppError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(AppError):
+    status = 404
+    type = "not_found_error"
+
+
+class Conflict(AppError):
+    status = 409
+    type = "conflict_error"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+
+
+class Unprocessable(AppError):
+    status = 422
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    type = "server_error"
+
+
+def error_response(error: AppError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def loc_to_param(loc: Sequence[str | int]) -> str | None:
+    """("body", "stages", 0, "hyperparameters") -> "stages[0].hyperparameters"."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    param = ""
+    for part in parts:
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
+    return param or None
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(BadRequest("the request body is not valid JSON", code="invalid_json"))
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = loc_to_param(first.get("loc", ()))
+    messages = []
+    for err in errors[:5]:
+        where = loc_to_param(err.get("loc", ()))
+        msg = "unknown field" if err.get("type") == "extra_forbidden" else str(err.get("msg"))
+        messages.append(f"{where}: {msg}" if where else msg)
+    return error_response(Unprocessable("; ".join(messages), code="invalid_request", param=param))
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+    error_type, code = codes.get(exc.status_code, ("invalid_request_error", f"http_{exc.status_code}"))
+    body = {"error": {"type": error_type, "code": code, "message": str(exc.detail), "param": None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc)
+
+
+def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(ServiceUnavailable("the database is unavailable", code="database_unavailable"))
+
+
+def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
+    # Input rules (app.inputs) should catch these first; this keeps a missed case a 400, not a 500.
+    log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        BadRequest("a value cannot be stored (invalid characters or range)", code="invalid_value")
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = {
+        "error": {
+            "type": "server_error",
+            "code": "internal_error",
+            "message": "internal error",
+            "param": None,
+        }
+    }
+    return JSONResponse(body, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(DataError, _unstorable_value)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+# The OpenAPI description of the error body, for `responses=` on routes.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+            },
+            "required": ["type", "code", "message", "param"],
+        }
+    },
+    "required": ["error"],
+}

@@ -1,0 +1,1 @@
+"""Uploaded JSONL files (demonstrations, regression suites), validated whole before they are stored."""

@@ -1,0 +1,189 @@
+"""Upload, validate and look up files. A file is stored only after its whole pre-flight passes."""
+
+from __future__ import annotations
+
+import unicodedata
+from enum import StrEnum
+from typing import Any
+from urllib.parse import unquote
+
+from sqlalchemy.orm import Session
+
+from app.auth.service import Principal
+from app.db import new_id, now
+from app.errors import BadRequest, NotFound, Unprocessable
+from app.files.models import UploadedFile
+from app.files.preflight import (
+    LengthCounter,
+    load_tokenizer,
+    preflight_demonstrations,
+    preflight_suite,
+)
+from app.registry import service as registry
+from app.registry.models import Alias
+from app.storage import Store
+
+DEFAULT_TOKENIZER_ALIAS = "production"
+MAX_FILENAME_CHARS = 255
+TOKEN_APPROXIMATION_NOTE = "messages rendered as '<role>: <content>' lines: approximates the chat template"
+
+
+class FilePurpose(StrEnum):
+    DEMONSTRATIONS = "demonstrations"
+    REGRESSION_SUITE = "regression_suite"
+
+
+class FileStatus(StrEnum):
+    READY = "ready"
+
+
+def check_filename(name: str | None) -> str:
+    """A plain file name: no directories, no parent references, no control characters. Checked after
+    percent-decoding too, since clients encode odd bytes that way ("x%00", "..%2Fx")."""
+    if name is None or _bad_filename(name) or _bad_filename(unquote(name)):
+        raise BadRequest(
+            f"invalid file name {name!r}: give a plain name without directories or control characters",
+            code="invalid_filename",
+            param="file",
+        )
+    return name
+
+
+def _bad_filename(name: str) -> bool:
+    return (
+        not name
+        or len(name) > MAX_FILENAME_CHARS
+        or name in (".", "..")
+        or any(sep in name for sep in ("/", "\\"))
+        or name.startswith("~")
+        or (len(name) > 1 and name[1] == ":")  # a Windows drive, C:x
+        or any(unicodedata.category(ch).startswith("C") for ch in name)  # NUL and other control chars
+    )
+
+
+def decode_utf8(content: bytes) -> str:
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"the file is not UTF-8 (invalid byte at offset {exc.start})",
+            code="invalid_encoding",
+            param="file",
+        ) from None
+
+
+def length_counter(session: Session, model_ref: str | None) -> LengthCounter:
+    """Token counter from the given model (id or alias:NAME), else the `production` alias, else characters."""
+    if model_ref is not None:
+        version = registry.resolve_version_ref(session, model_ref, param="model")
+    else:
+        alias = session.get(Alias, DEFAULT_TOKENIZER_ALIAS)
+        if alias is None:
+            return LengthCounter(
+                None,
+                {
+                    "model_version_id": None,
+                    "note": f"no model given and no {DEFAULT_TOKENIZER_ALIAS!r} alias: "
+                    "token statistics unavailable, lengths are characters",
+                },
+            )
+        version = registry.get_version(session, alias.model_version_id, param="model")
+    # Training keeps the tokenizer, so the lineage root's is the one to use when the version's is not local.
+    for candidate in (version, registry.get_version(session, version.base_id)):
+        directory = registry.local_model_dir(candidate)
+        tokenizer = load_tokenizer(directory) if directory is not None else None
+        if tokenizer is not None:
+            return LengthCounter(
+                tokenizer,
+                {
+                    "model_version_id": version.id,
+                    "tokenizer_from": candidate.id,
+                    "note": TOKEN_APPROXIMATION_NOTE,
+                },
+            )
+    return LengthCounter(
+        None,
+        {
+            "model_version_id": version.id,
+            "note": "the model's tokenizer is not readable here: lengths are characters",
+        },
+    )
+
+
+def run_preflight(
+    session: Session, *, text: str, purpose: FilePurpose, model_ref: str | None, grader: str
+) -> dict[str, Any]:
+    counter = length_counter(session, model_ref)
+    if purpose == FilePurpose.DEMONSTRATIONS:
+        report = preflight_demonstrations(text, counter)
+    else:
+        report = preflight_suite(text, grader, counter)
+    return {"purpose": str(purpose), **report}
+
+
+def create_file(
+    session: Session,
+    store: Store,
+    *,
+    principal: Principal,
+    filename: str | None,
+    content: bytes,
+    purpose: FilePurpose,
+    model_ref: str | None = None,
+    grader: str = "exact_match",
+) -> UploadedFile:
+    """Validate the whole file, then store it and insert its row; a bad file raises 4xx and stores nothing."""
+    name = check_filename(filename)
+    text = decode_utf8(content)
+    report = run_preflight(session, text=text, purpose=purpose, model_ref=model_ref, grader=grader)
+    if not report["valid"]:
+        count = len(report["problems"])
+        first = report["problems"][0]
+        where = f"line {first['line']}" if first["line"] is not None else "file"
+        raise Unprocessable(
+            f"{count} problem(s) in the file, first at {where}: {first['field']}: {first['reason']}; "
+            "nothing was stored (see error.report)",
+            code="invalid_file",
+            param="file",
+            details={"report": report},
+        )
+    stored = store.put_bytes(content, suffix=".jsonl")
+    row = UploadedFile(
+        id=new_id("file"),
+        purpose=str(purpose),
+        filename=name,
+        bytes=len(content),
+        sha256=stored.sha256,
+        storage_uri=stored.uri,
+        status=FileStatus.READY,
+        preflight=report,
+        created_by=principal.token_id,
+        created_at=now(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(session: Session, file_id: str, *, param: str = "id") -> UploadedFile:
+    row = session.get(UploadedFile, file_id)
+    if row is None:
+        raise NotFound(f"no file {file_id!r}", code="file_not_found", param=param)
+    return row
+
+
+def require_ready_file(session: Session, file_id: str, *, purpose: FilePurpose, param: str) -> UploadedFile:
+    """The file, checked to exist, be ready and have the purpose the caller needs (422 otherwise)."""
+    row = get_file(session, file_id, param=param)
+    if row.purpose != purpose:
+        raise Unprocessable(
+            f"{file_id} was uploaded as {row.purpose}, not {purpose}", code="wrong_file_purpose", param=param
+        )
+    if row.status != FileStatus.READY:
+        raise Unprocessable(f"{file_id} is {row.status}, not ready", code="file_not_ready", param=param)
+    return row
+
+
+def read_text(store: Store, row: UploadedFile) -> str:
+    with store.open(row.storage_uri) as f:
+        return f.read().decode("utf-8")

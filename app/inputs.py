@@ -1,0 +1,99 @@
+"""Input rules shared by every endpoint: request bodies forbid unknown fields, and no text anywhere may
+contain NUL. PostgreSQL cannot store NUL in text or JSONB (SQLite can), so without this a NUL would be a
+500 on one backend and silently stored on the other; here it is a 4xx naming the field on both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from app.errors import BadRequest, PayloadTooLarge, error_response, loc_to_param
+
+NUL = "\x00"
+
+
+def find_nul(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """The path of the first string (key or value) holding NUL inside nested JSON-like data."""
+    if isinstance(value, str):
+        return path if NUL in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and NUL in key:
+                return (*path, key)
+            found = find_nul(item, (*path, key))
+            if found is not None:
+                return found
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_nul(item, (*path, index))
+            if found is not None:
+                return found
+    return None
+
+
+class RequestModel(BaseModel):
+    """Base of every JSON request body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        where = find_nul(data)
+        if where is not None:
+            raise BadRequest(
+                "text may not contain NUL characters", code="invalid_characters", param=loc_to_param(where)
+            )
+        return data
+
+
+def reject_nul_in_url(request: Request) -> None:
+    """Router dependency: NUL in a path segment or a query parameter is a 400 naming it."""
+    for name, value in request.path_params.items():
+        if NUL in str(value):
+            raise BadRequest("the path may not contain NUL characters", code="invalid_characters", param=name)
+    for name, value in request.query_params.multi_items():
+        if NUL in name or NUL in value:
+            raise BadRequest(
+                "query parameters may not contain NUL characters", code="invalid_characters", param=name
+            )
+
+
+def check_text(value: str | None, *, param: str) -> None:
+    """For form fields and headers, which no model validates."""
+    if value is not None and NUL in value:
+        raise BadRequest("text may not contain NUL characters", code="invalid_characters", param=param)
+
+
+# Multipart framing around an uploaded file (boundaries, part headers, other fields).
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# JSON bodies are small (a job with 16 stages is a few kilobytes).
+MAX_JSON_BODY_BYTES = 1024 * 1024
+UPLOAD_PATH = "/v1/files"
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request whose Content-Length exceeds the limit gets a 413 before its body is
+    read, so an oversized upload is never spooled to disk. (Bodies sent without a length are still
+    checked by the upload route after reading: see app.files.router.)"""
+
+    def __init__(self, app: Any, *, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            is_upload = scope["path"] == UPLOAD_PATH
+            limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if is_upload else MAX_JSON_BODY_BYTES
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                error = PayloadTooLarge(
+                    f"the request body is larger than the {limit}-byte limit",
+                    code="file_too_large" if is_upload else "body_too_large",
+                    param="file" if is_upload else None,
+                )
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

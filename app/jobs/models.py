@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONDoc
+
+
+class Job(Base):
+    __tablename__ = "job"
+    __table_args__ = (UniqueConstraint("owner_token_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_token_id: Mapped[str] = mapped_column(ForeignKey("api_token.id"))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    base_version_id: Mapped[str] = mapped_column(ForeignKey("model_version.id"))
+    # The validated request: stages with their StageConfig dumps, general suites, auto_promote.
+    request: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    current_stage: Mapped[int] = mapped_column(default=0)
+    step: Mapped[int | None]
+    total_steps: Mapped[int | None]
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    candidate_version_ids: Mapped[list[str]] = mapped_column(JSONDoc)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int]
+    updated_at: Mapped[int]
+    status_changed_at: Mapped[int]
+    started_at: Mapped[int | None]
+    finished_at: Mapped[int | None]
+
+
+class JobEvent(Base):
+    """Append-only log a user reads (messages, metrics, status changes); seq orders it."""
+
+    __tablename__ = "job_event"
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id"), index=True)
+    created_at: Mapped[int]
+    level: Mapped[str] = mapped_column(String(8))
+    type: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(String(4000))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+
+
+class JobTransition(Base):
+    """One row per status change, with the seconds spent in the status left (feeds /metrics)."""
+
+    __tablename__ = "job_transition"
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id"), index=True)
+    from_status: Mapped[str] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    seconds_in_from: Mapped[int]
+    created_at: Mapped[int]

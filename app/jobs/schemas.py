@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.inputs import RequestModel
+from app.jobs.models import Job, JobEvent
+from app.registry.aliases import ALIAS_NAME_PATTERN
+
+SKILL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class StageCreate(RequestModel):
+    skill: str = Field(pattern=SKILL_PATTERN, examples=["tool-use"])
+    training_file: str = Field(max_length=100, description="id of a ready demonstrations file")
+    suites: list[str] = Field(min_length=1, max_length=32, description="the new skill's suites (suite ids)")
+    method: Literal["sdft", "sft"] = "sdft"
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description='StageConfig keys; any value may be "auto" or omitted'
+    )
+
+
+class JobCreate(RequestModel):
+    base: str = Field(
+        max_length=100, description="a model version id, or alias:NAME", examples=["alias:production"]
+    )
+    stages: list[StageCreate] = Field(min_length=1, max_length=16)
+    general_suites: list[str] = Field(default_factory=list, max_length=32)
+    auto_promote: str | None = Field(
+        default=None, pattern=ALIAS_NAME_PATTERN, description="alias to move on success"
+    )
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobRead(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: str
+    base: str = Field(description="the base version id, resolved when the job was created")
+    base_ref: str = Field(description="the base as given (an id or alias:NAME)")
+    stages: list[dict[str, Any]]
+    general_suites: list[str]
+    auto_promote: str | None
+    current_stage: int
+    step: int | None
+    total_steps: int | None
+    metrics: dict[str, Any] | None
+    error: JobError | None
+    candidate_version_ids: list[str]
+    created_at: int
+    updated_at: int
+    started_at: int | None
+    finished_at: int | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobRead:
+        return cls(
+            id=job.id,
+            status=job.status,
+            base=job.base_version_id,
+            base_ref=job.request["base"],
+            stages=job.request["stages"],
+            general_suites=job.request["general_suites"],
+            auto_promote=job.request["auto_promote"],
+            current_stage=job.current_stage,
+            step=job.step,
+            total_steps=job.total_steps,
+            metrics=job.metrics,
+            error=JobError.model_validate(job.error) if job.error else None,
+            candidate_version_ids=job.candidate_version_ids,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+class EventRead(BaseModel):
+    id: str
+    object: Literal["job.event"] = "job.event"
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventRead:
+        return cls(
+            id=event.id,
+            created_at=event.created_at,
+            level=event.level,
+            type=event.type,
+            message=event.message,
+            data=event.data,
+        )

@@ -1,0 +1,1 @@
+"""Time-limited leases in the database: who runs a job, and who may write a lineage."""

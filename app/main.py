@@ -1,0 +1,70 @@
+"""The FastAPI application: `create_app()` mounts the routers, the error handlers and the lifespan.
+
+Run with ``uvicorn --factory app.main:create_app`` (what `sdft serve` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from app.db import make_engine, make_sessionmaker
+from app.errors import ERROR_SCHEMA, install_error_handlers
+from app.files.router import router as files_router
+from app.health import router as health_router
+from app.inputs import BodySizeLimit, reject_nul_in_url
+from app.jobs.router import router as jobs_router
+from app.queue import TaskProducer, producer_info
+from app.registry.alias_router import router as aliases_router
+from app.registry.router import router as models_router
+from app.settings import Settings, get_settings
+from app.storage import make_store
+from app.suites.router import router as suites_router
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for status, description in {
+        400: "malformed request",
+        401: "missing or invalid token",
+        403: "token lacks the scope",
+        404: "unknown resource",
+        409: "conflict (idempotency, compare-and-set, state)",
+        413: "upload too large",
+        422: "invalid input",
+    }.items()
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    producer = TaskProducer(settings.broker_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="sdft-service",
+        version="0.1.0",
+        description="Add skills to a model with SDFT stages; a gated registry keeps earlier skills intact.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.producer = producer
+    app.state.sessionmaker = make_sessionmaker(engine, info=producer_info(producer))
+    app.state.store = make_store(settings.storage_path)
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
+    v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(reject_nul_in_url)])
+    for router in (files_router, suites_router, jobs_router, models_router, aliases_router):
+        v1.include_router(router)
+    app.include_router(v1)
+    app.include_router(health_router)
+    return app

@@ -1,0 +1,1 @@
+"""Model versions with lineage, aliases with append-only history, and cached suite scores."""

@@ -1,0 +1,80 @@
+"""Where the service runs: paths, database, broker, limits. Never hyperparameters (those are StageConfig).
+
+Every field reads an ``SDFT_``-prefixed environment variable (``SDFT_DATA_DIR``, ``SDFT_DATABASE_URL``, ...).
+Paths left unset derive from ``data_dir``, so one variable moves the whole embedded install.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
+
+MEGABYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SDFT_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".sdft")
+    # Empty means "derive from data_dir" (see _derive_paths).
+    database_url: str = ""
+    broker_url: str = ""
+    storage_dir: Path | None = None
+    admin_token_path: Path | None = None
+
+    max_upload_bytes: int = Field(default=50 * MEGABYTE, ge=1)
+    # Server-sent events: how often the stream polls the database, sends a keep-alive comment,
+    # and how long one stream may stay open before the client must reconnect with Last-Event-ID.
+    sse_poll_seconds: float = Field(default=0.5, gt=0)
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_max_seconds: float = Field(default=3600.0, gt=0)
+
+    # Workers (read by workers/; kept here so one Settings describes a deployment).
+    # A job lease not renewed for this long is abandoned and the job is handed to another worker.
+    lease_ttl_seconds: float = Field(default=120.0, gt=0)
+    # How long a job waits before retrying when another job holds its base version's lineage.
+    lineage_wait_seconds: float = Field(default=30.0, gt=0)
+    reaper_interval_seconds: float = Field(default=30.0, gt=0)
+    # Far longer than any job, so the broker never redelivers a task while it runs (leases cover crashes).
+    broker_visibility_timeout_seconds: int = Field(default=2 * 24 * 3600, ge=1)
+    # Where rollouts are sampled: SDFT_ROLLOUT_* variables (see app.contracts.rollout_settings).
+    rollout: RolloutSettings = Field(default_factory=rollout_settings_from_env)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'sdft.sqlite'}"
+        if not self.broker_url:
+            # kombu's SQLAlchemy transport: a real queue in a file, no Redis needed for the embedded default.
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "storage"
+        if self.admin_token_path is None:
+            self.admin_token_path = self.data_dir / "admin.token"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def storage_path(self) -> Path:
+        assert self.storage_dir is not None  # set by _derive_paths
+        return self.storage_dir.expanduser()
+
+    @property
+    def admin_token_file(self) -> Path:
+        assert self.admin_token_path is not None  # set by _derive_paths
+        return self.admin_token_path.expanduser()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use (never at import)."""
+    return Settings()

@@ -1,0 +1,93 @@
+"""Filesystem store: ``<root>/blobs/<sha[:2]>/<sha><suffix>`` and ``<root>/trees/<sha>/``; uris are file://.
+
+Writes go to a temporary name in the same directory and are renamed into place, so a reader never
+sees a half-written object and a crash leaves at most a stray temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from app.contracts.artifacts import file_sha256
+from app.storage.base import StoredObject, file_uri_to_path, tree_sha256
+
+_SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,16})?$")
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+
+    def _blob_path(self, sha256: str, suffix: str) -> Path:
+        if not _SUFFIX.match(suffix):
+            raise ValueError(f"invalid suffix {suffix!r}")
+        return self.root / "blobs" / sha256[:2] / f"{sha256}{suffix}"
+
+    def put_bytes(self, data: bytes, *, suffix: str = "") -> StoredObject:
+        sha256 = hashlib.sha256(data).hexdigest()
+        target = self._blob_path(sha256, suffix)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return StoredObject(uri=target.as_uri(), sha256=sha256, size=len(data))
+
+    def put_file(self, path: Path, *, suffix: str = "") -> StoredObject:
+        sha256 = file_sha256(path)
+        target = self._blob_path(sha256, suffix)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            os.close(fd)
+            try:
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return StoredObject(uri=target.as_uri(), sha256=sha256, size=target.stat().st_size)
+
+    def put_dir(self, path: Path) -> StoredObject:
+        sha256 = tree_sha256(path)
+        target = self.root / "trees" / sha256
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+            try:
+                shutil.copytree(path, tmp, dirs_exist_ok=True)
+                os.replace(tmp, target)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not target.exists():  # losing a rename race to an identical copy is fine
+                    raise
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        return StoredObject(uri=target.as_uri(), sha256=sha256, size=size)
+
+    def local_path(self, uri: str) -> Path:
+        path = file_uri_to_path(uri).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"uri outside the store: {uri!r}")
+        return path
+
+    def open(self, uri: str) -> BinaryIO:
+        return self.local_path(uri).open("rb")
+
+    def exists(self, uri: str) -> bool:
+        try:
+            return self.local_path(uri).exists()
+        except ValueError:
+            return False

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlalchemy import select
+
+from app.auth.dependencies import CurrentPrincipal, JobsWriter
+from app.db import SessionDep
+from app.deps import StoreDep
+from app.pagination import AfterQuery, LimitQuery, ListResponse, list_response, paginate
+from app.suites import service
+from app.suites.models import Suite
+from app.suites.schemas import SuiteCreate, SuiteRead
+
+router = APIRouter(prefix="/suites", tags=["suites"])
+
+
+@router.post("", status_code=201, response_model=SuiteRead)
+def create_suite(
+    body: SuiteCreate, session: SessionDep, store: StoreDep, principal: JobsWriter, response: Response
+) -> SuiteRead:
+    row, created = service.create_suite(session, store, principal=principal, body=body)
+    if not created:
+        response.status_code = 200
+    return SuiteRead.of(row)
+
+
+@router.get("", response_model=ListResponse[SuiteRead])
+def list_suites(
+    session: SessionDep, _principal: CurrentPrincipal, after: AfterQuery = None, limit: LimitQuery = 20
+) -> ListResponse[SuiteRead]:
+    rows, has_more = paginate(session, select(Suite), Suite.id, after=after, limit=limit)
+    return list_response(rows, has_more, SuiteRead.of)
+
+
+@router.get("/{suite_id}", response_model=SuiteRead)
+def get_suite(suite_id: str, session: SessionDep, _principal: CurrentPrincipal) -> SuiteRead:
+    return SuiteRead.of(service.get_suite(session, suite_id))

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.inputs import RequestModel
+from app.suites.models import Suite
+
+
+class SuiteCreate(RequestModel):
+    """Gate settings are in points (0..100); see app.evaluation.suites.SuiteMeta for the rules."""
+
+    name: str = Field(max_length=64, examples=["tool-use"])
+    file: str = Field(max_length=100, description="id of an uploaded regression_suite file")
+    grader: str = Field(default="exact_match", max_length=32)
+    tolerance: float = Field(default=2.0, description="largest drop in points before the gate rejects")
+    min_score: float | None = Field(default=None, description="floor in points for the new skill's suite")
+    grader_options: dict[str, Any] = Field(default_factory=dict)
+    decoding: dict[str, Any] | None = Field(default=None, description="{greedy, max_new_tokens, temperature}")
+
+
+class SuiteRead(BaseModel):
+    id: str
+    object: Literal["suite"] = "suite"
+    name: str
+    file: str
+    grader: str
+    tolerance: float
+    min_score: float | None
+    grader_options: dict[str, Any]
+    decoding: dict[str, Any]
+    sha256: str
+    num_items: int
+    created_at: int
+
+    @classmethod
+    def of(cls, row: Suite) -> SuiteRead:
+        return cls(
+            id=row.id,
+            name=row.name,
+            file=row.file_id,
+            grader=row.grader,
+            tolerance=row.tolerance,
+            min_score=row.min_score,
+            grader_options=row.grader_options,
+            decoding=row.decoding,
+            sha256=row.suite_sha256,
+            num_items=row.num_items,
+            created_at=row.created_at,
+        )

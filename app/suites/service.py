@@ -1,0 +1,112 @@
+"""Bind a regression_suite file to a name, a grader and gate settings, validated by app.evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.service import Principal
+from app.db import new_id, now
+from app.errors import Conflict, NotFound, Unprocessable, loc_to_param
+from app.evaluation.suites import DecodingConfig, SuiteError, SuiteMeta, parse_suite_jsonl
+from app.evaluation.suites import Suite as ParsedSuite
+from app.files import service as files
+from app.files.service import FilePurpose
+from app.storage import Store
+from app.suites.models import Suite
+from app.suites.schemas import SuiteCreate
+
+
+def suite_meta(body: SuiteCreate) -> SuiteMeta:
+    """The body's settings as SuiteMeta; every problem is a 422 naming the first offending field."""
+    data: dict[str, Any] = {
+        "name": body.name,
+        "grader": body.grader,
+        "tolerance": body.tolerance,
+        "min_score": body.min_score,
+        "grader_options": body.grader_options,
+    }
+    if body.decoding is not None:
+        data["decoding"] = body.decoding
+    try:
+        return SuiteMeta.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        message = "; ".join(
+            f"{loc_to_param(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in errors
+        )
+        raise Unprocessable(message, code="invalid_suite", param=loc_to_param(errors[0]["loc"])) from None
+
+
+def create_suite(
+    session: Session, store: Store, *, principal: Principal, body: SuiteCreate
+) -> tuple[Suite, bool]:
+    """Returns (suite, created). Posting the same name with identical content and settings returns the
+    existing suite; the same name with anything different is a 409 (names are unique)."""
+    meta = suite_meta(body)
+    file_row = files.require_ready_file(
+        session, body.file, purpose=FilePurpose.REGRESSION_SUITE, param="file"
+    )
+    try:
+        parsed = parse_suite_jsonl(files.read_text(store, file_row), meta)
+    except SuiteError as exc:
+        problems = [{"line": p.line, "field": p.field, "reason": p.reason} for p in exc.problems]
+        raise Unprocessable(
+            f"the file does not fit these suite settings: {exc}",
+            code="invalid_suite",
+            param="file",
+            details={"problems": problems},
+        ) from None
+    existing = session.scalar(select(Suite).where(Suite.name == meta.name))
+    if existing is not None:
+        if existing.suite_sha256 == parsed.sha256:
+            return existing, False
+        raise Conflict(
+            f"a different suite is already named {meta.name!r} ({existing.id})",
+            code="suite_exists",
+            param="name",
+        )
+    row = Suite(
+        id=new_id("suite"),
+        name=meta.name,
+        file_id=file_row.id,
+        grader=meta.grader,
+        tolerance=meta.tolerance,
+        min_score=meta.min_score,
+        grader_options=dict(meta.grader_options),
+        decoding=meta.decoding.model_dump(mode="json"),
+        suite_sha256=parsed.sha256,
+        num_items=len(parsed),
+        created_by=principal.token_id,
+        created_at=now(),
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def get_suite(session: Session, suite_id: str, *, param: str = "id") -> Suite:
+    row = session.get(Suite, suite_id)
+    if row is None:
+        raise NotFound(f"no suite {suite_id!r}", code="suite_not_found", param=param)
+    return row
+
+
+def load_suite(session: Session, store: Store, suite_id: str) -> ParsedSuite:
+    """The parsed suite for evaluation (workers), checked against the sha256 recorded at creation."""
+    row = get_suite(session, suite_id)
+    meta = SuiteMeta(
+        name=row.name,
+        grader=row.grader,
+        tolerance=row.tolerance,
+        min_score=row.min_score,
+        grader_options=row.grader_options,
+        decoding=DecodingConfig.model_validate(row.decoding),
+    )
+    parsed = parse_suite_jsonl(files.read_text(store, files.get_file(session, row.file_id)), meta)
+    if parsed.sha256 != row.suite_sha256:
+        raise RuntimeError(f"suite {row.id} no longer matches its recorded sha256 (storage changed?)")
+    return parsed
