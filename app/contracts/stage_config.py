@@ -80,6 +80,9 @@ class StageConfig(BaseModel):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     checkpoint_every: int = Field(default=50, ge=1)
+    # Before an SDFT stage the service checks that the demonstration actually helps the teacher
+    # (workers/evaluation/probe.py): "enforce" stops the job when it does not, "warn" only reports.
+    readiness_probe: Literal["enforce", "warn", "off"] = "enforce"
 
     @model_validator(mode="after")
     def _combinations(self) -> StageConfig:
