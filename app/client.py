@@ -250,9 +250,10 @@ def _rollback(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def add_client_commands(subparsers: Any) -> None:
+def add_client_commands(subparsers: Any) -> dict[str, Any]:
     """Register serve, tokens, files, jobs, models, promote and rollback on an argparse subparsers object.
-    Each command sets `func(args) -> int`; run it through `run_command(args)` for uniform error output."""
+    Each command sets `func(args) -> int`; run it through `run_command(args)` for uniform error output.
+    Returns the nested subparsers by command name, so the `sdft` script can add its own verbs there."""
     serve = subparsers.add_parser("serve", help="run the API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -328,6 +329,7 @@ def add_client_commands(subparsers: Any) -> None:
     rollback.add_argument("--expected-version")
     rollback.add_argument("--reason")
     rollback.set_defaults(func=_rollback)
+    return {"models": models_sub, "jobs": jobs_sub, "files": files_sub, "tokens": tokens_sub}
 
 
 def run_command(args: argparse.Namespace) -> int:

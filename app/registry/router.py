@@ -101,16 +101,27 @@ def get_scores(
 def get_forgetting(
     session: SessionDep,
     _principal: CurrentPrincipal,
-    alias: Annotated[str, Query(max_length=64, description="alias whose lineage to show")],
+    alias: Annotated[str | None, Query(max_length=64, description="alias whose lineage to show")] = None,
+    version: Annotated[
+        str | None, Query(max_length=100, description="or a version id (e.g. a rejected candidate)")
+    ] = None,
     format: Literal["json", "png"] = "json",
 ) -> Response:
-    """Versions (root to the alias's version) x suites, scores in points with intervals."""
-    target = aliases.get_alias(session, alias)
-    matrix = service.lineage_matrix(session, target.model_version_id)
+    """Versions (root to the alias's version, or to `version`) x suites, scores in points with intervals."""
+    if (alias is None) == (version is None):
+        raise Unprocessable("give exactly one of alias and version", code="alias_or_version", param="alias")
+    if alias is not None:
+        target_id = aliases.get_alias(session, alias).model_version_id
+        title = f"forgetting along {alias!r}"
+    else:
+        assert version is not None
+        target_id = service.get_version(session, version, param="version").id
+        title = f"forgetting along the lineage of {target_id}"
+    matrix = service.lineage_matrix(session, target_id)
     if format == "json":
-        body = {"object": "forgetting_matrix", "alias": alias, "version": target.model_version_id}
+        body = {"object": "forgetting_matrix", "alias": alias, "version": target_id}
         return JSONResponse({**body, **matrix.to_dict()})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "forgetting.png"
-        plot_forgetting(matrix, path, f"forgetting along {alias!r}")
+        plot_forgetting(matrix, path, title)
         return Response(path.read_bytes(), media_type="image/png")

@@ -141,10 +141,11 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> str:
-    """Completion text as graders see it: special tokens (the stop token) left out."""
+    """Completion text as graders see it: special tokens (the stop token) left out. NUL characters
+    become U+FFFD: PostgreSQL cannot store them in text or JSONB, and no grader relies on them."""
     text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
     assert isinstance(text, str)
-    return text
+    return text.replace("\x00", "\ufffd")
 
 
 def _error_text(error: BaseException) -> str:

@@ -1,0 +1,122 @@
+"""The embedded default: API + one real Celery worker on one machine, SQLite as database and broker.
+
+`sdft up` bootstraps on first start (migrations, admin token, the SmolLM2 base registered as the
+first version with the alias `production`), then runs the worker as a child process and the API in
+the foreground. Ctrl-C stops both; a second start reuses everything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.bootstrap import ensure_admin_token, ensure_database
+from app.db import make_engine, make_sessionmaker, session_scope
+from app.registry import aliases
+from app.registry import service as registry
+from app.settings import Settings
+
+DEFAULT_ALIAS = "production"
+WORKER_STOP_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    token_path: Path
+    base_version_id: str
+
+
+def bootstrap(settings: Settings, base_dir: Path | None = None) -> Bootstrapped:
+    """Migrate, write the admin token, import and register the default base; safe on every start."""
+    from workers.models.embedded import DEFAULT_NAME, import_default
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_database(settings)
+    token_path = ensure_admin_token(settings)
+    model_dir = base_dir or import_default(settings.data_dir / "models" / DEFAULT_NAME)
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            version, _created = registry.register_base(
+                session, path=model_dir, name=model_dir.name, description="embedded default base model"
+            )
+            if session.get(aliases.Alias, DEFAULT_ALIAS) is None:
+                aliases.move(
+                    session,
+                    name=DEFAULT_ALIAS,
+                    version_id=version.id,
+                    actor="sdft up",
+                    expected_version=None,
+                    reason="first start: the embedded default base",
+                )
+            base_version_id = version.id
+    finally:
+        engine.dispose()
+    return Bootstrapped(token_path, base_version_id)
+
+
+def worker_command(queues: str = "default,gpu", concurrency: int = 1) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SDFT_DATA_DIR": str(settings.data_dir),
+        "SDFT_DATABASE_URL": settings.database_url,
+        "SDFT_BROKER_URL": settings.broker_url,
+        "SDFT_STORAGE_DIR": str(settings.storage_path),
+    }
+    log = (log_path or settings.data_dir / "worker.log").open("ab")
+    return subprocess.Popen(worker_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (finish or checkpoint-free abort of the current step), then kill if it hangs."""
+    if worker.poll() is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=WORKER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def up(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    booted = bootstrap(settings)
+    print(f"sdft: data in {settings.data_dir}", file=sys.stderr)
+    print(
+        f"sdft: admin token in {booted.token_path} (export SDFT_TOKEN=$(cat {booted.token_path}))",
+        file=sys.stderr,
+    )
+    print(f"sdft: base {booted.base_version_id} is alias '{DEFAULT_ALIAS}'", file=sys.stderr)
+    worker = start_worker(settings)
+    print(f"sdft: worker pid {worker.pid}, log {settings.data_dir / 'worker.log'}", file=sys.stderr)
+    print(f"sdft: API on http://{host}:{port} (docs at /docs); Ctrl-C stops both", file=sys.stderr)
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="warning")
+    finally:
+        stop_worker(worker)
+    return 0

