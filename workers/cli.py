@@ -271,6 +271,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(get_settings(), args.host, args.port)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    _apply_data_dir(args)
+    from app.settings import get_settings
+    from workers.demo import run_demo
+
+    return run_demo(get_settings(), args.port)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.embedded import worker_command
 
@@ -290,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
     up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="the whole product on the embedded default: two skills, gated, plotted")
+    demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
+    demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser("worker", help="run a Celery worker (production: one per GPU)")
     worker.add_argument("--queues", default="default,gpu")
