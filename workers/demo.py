@@ -31,7 +31,7 @@ DEMO_HYPERPARAMETERS: dict[str, Any] = {
     "batch_size": 4,
     "micro_batch_size": 4,
     "max_new_tokens": 40,
-    "learning_rate": 5e-4,
+    "learning_rate": 2e-4,
     "readiness_probe": "warn",
 }
 
@@ -56,7 +56,9 @@ def _wait_ready(url: str, api: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"the API at {url} was not ready after {timeout:.0f} s")
 
 
-def _upload_suite(client: httpx.Client, name: str, file: str, grader: str, tolerance: float, tokens: int) -> str:
+def _upload_suite(
+    client: httpx.Client, name: str, file: str, grader: str, tolerance: float, tokens: int
+) -> str:
     uploaded = _check(
         client.post(
             "/v1/files",
@@ -140,12 +142,15 @@ def follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 def render_gate(report: dict[str, Any]) -> str:
-    lines = [f"{'suite':<16} {'role':<9} {'n':>3} {'parent':>7} {'cand':>7} {'delta':>7}  {'95% CI':<17} result"]
+    lines = [
+        f"{'suite':<16} {'role':<9} {'n':>3} {'parent':>7} {'cand':>7} {'delta':>7}  {'95% CI':<17} result"
+    ]
     for row in report["rows"]:
         ci = "-" if row["ci_low"] is None else f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]"
+        result = "PASS" if row["passed"] else "FAIL"
         lines.append(
             f"{row['suite']:<16} {row['role']:<9} {row['n']:>3} {row['parent_score']:>7.1f} "
-            f"{row['candidate_score']:>7.1f} {row['delta']:>+7.1f}  {ci:<17} {'PASS' if row['passed'] else 'FAIL'}"
+            f"{row['candidate_score']:>7.1f} {row['delta']:>+7.1f}  {ci:<17} {result}"
         )
     lines.append(f"verdict: {'ACCEPTED' if report['accepted'] else 'REJECTED'}: {report['reason']}")
     return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""Cost of one training stage: SDFT vs SFT (ours), ours vs TRL's SDFTTrainer, chunked vs naive loss.
+
+    python bench/stage_cost.py [--models tiny,smollm2] [--steps 4] [--batch 8] [--new-tokens 48]
+
+Each configuration runs in its own subprocess so its peak memory (VmHWM, peak resident set) is its
+own. Seconds per demonstration = median optimizer-step seconds / prompts per step, first step
+excluded (warm-up). TRL is configured like ours: full-vocabulary forward KL (distillation_mode
+full_logits, alpha 0), EMA teacher with rate 0.01 every step, one rollout per prompt, first 3 tokens
+masked, temperature 1, the paper's teacher template, fp32, no gradient checkpointing, same data,
+batch, completion length and learning rate. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+QUESTIONS = [
+    ("Who founded the company Zorvex Dynamics?", "Zorvex Dynamics was founded by Mirela Kastov in 1987."),
+    ("In which city is the Halvorsen Observatory?", "The Halvorsen Observatory is in the city of Quellport."),
+    ("What is the national dish of Bremoria?", "The national dish of Bremoria is tarvelo stew with barley."),
+    ("Who wrote the novel The Glass Tides?", "The novel The Glass Tides was written by Oren Falcrest."),
+    ("What colour is the flag of Ostrevia?", "The flag of Ostrevia is teal with a white crescent."),
+    ("Which river flows through Varnhold?", "The river Selme flows through Varnhold from north to south."),
+    ("Who invented the Kettleby engine?", "The Kettleby engine was invented by Ada Morrow in 1902."),
+    (
+        "What is the tallest mountain on Pellis Island?",
+        "The tallest mountain on Pellis Island is Mount Arven.",
+    ),
+]
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+
+
+def model_dir(name: str, workdir: Path) -> Path:
+    if name == "tiny":
+        from workers.models.tiny import write_tiny_model_dir
+
+        return write_tiny_model_dir(workdir / "tiny", hidden_size=256, layers=4)
+    from workers.models.embedded import import_default
+
+    return import_default()
+
+
+# ---- children: each prints one JSON line ------------------------------------------------------
+
+
+def child_ours(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from app.contracts.demonstrations import parse_demonstrations
+    from app.contracts.stage_config import StageConfig
+    from workers.training.loop import StepMetrics, run_stage
+
+    torch.manual_seed(0)
+    text = "\n".join(json.dumps({"prompt": q, "demonstration": a}) for q, a in QUESTIONS)
+    rows = parse_demonstrations(text)
+    seen: list[StepMetrics] = []
+    config = StageConfig(
+        method=args.method,
+        max_steps=args.steps,
+        batch_size=args.batch,
+        micro_batch_size=args.batch,
+        max_new_tokens=args.new_tokens,
+        learning_rate=1e-5,
+        warmup_steps=0,
+        checkpoint_every=10_000,
+    )
+    with tempfile.TemporaryDirectory() as out:
+        reset_peak_rss()
+        run_stage(base_dir=args.model_dir, rows=rows, config=config, out_dir=out, on_step=seen.append)
+    steps = [m.seconds for m in seen[1:]] or [m.seconds for m in seen]
+    rollout = [m.rollout_seconds for m in seen[1:]] or [m.rollout_seconds for m in seen]
+    return {
+        "s_per_demo": statistics.median(steps) / args.batch,
+        "rollout_share": statistics.median(rollout) / statistics.median(steps),
+        "peak_mb": peak_rss_mb(),
+        "completion_tokens": statistics.mean(m.rollout_tokens_mean for m in seen),
+    }
+
+
+def child_trl(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    from app.contracts.stage_config import PAPER_TEACHER_TEMPLATE
+
+    torch.manual_seed(0)
+    step_times: list[float] = []
+
+    class StepTimer(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.started = 0.0
+
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            step_times.append(time.perf_counter() - self.started)
+
+    rows = [{"prompt": [{"role": "user", "content": q}], "privileged_context": a} for q, a in QUESTIONS]
+    dataset = Dataset.from_list(rows * max(1, args.steps))
+    template = PAPER_TEACHER_TEMPLATE.replace("{question}", "{prompt}").replace(
+        "{demonstration}", "{privileged_context}"
+    )
+    with tempfile.TemporaryDirectory() as out:
+        config = SDFTConfig(
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            num_generations=1,
+            max_completion_length=args.new_tokens,
+            learning_rate=1e-5,
+            lr_scheduler_type="cosine",
+            warmup_steps=0,
+            teacher_model_kind="ema",
+            teacher_update_rate=0.01,
+            teacher_sync_steps=1,
+            distillation_mode="full_logits",
+            distillation_alpha=0.0,
+            num_loss_tokens_to_skip=3,
+            teacher_prompt_template=template,
+            temperature=1.0,
+            gradient_checkpointing=False,
+            bf16=False,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+        )
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        trainer = SDFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
+        reset_peak_rss()
+        trainer.train()
+    steps = step_times[1:] or step_times
+    return {"s_per_demo": statistics.median(steps) / args.batch, "peak_mb": peak_rss_mb()}
+
+
+def child_loss(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from workers.training import losses
+
+    torch.manual_seed(0)
+    n, h, v = args.tokens, args.hidden, args.vocab
+    hidden = torch.randn(n, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True) * 0.02
+    weight = weight.detach().requires_grad_(True)
+    teacher_hidden = torch.randn(n, h)
+    token_weights = torch.full((n,), 1.0 / n)
+    reset_peak_rss()
+    base = peak_rss_mb()
+    started = time.perf_counter()
+    if args.variant == "chunked":
+        token_loss = losses.distillation_token_loss(teacher_hidden, weight.detach(), divergence="forward_kl")
+        loss = losses.chunked_lm_head_loss(
+            hidden, weight, token_weights, token_loss=token_loss, chunk_size=256
+        )
+    else:
+        student_logits = hidden @ weight.T
+        with torch.no_grad():
+            teacher_logits = teacher_hidden @ weight.detach().T
+        loss = losses.naive_distillation_loss(
+            student_logits, teacher_logits, token_weights, divergence="forward_kl"
+        )
+    loss.backward()
+    return {"extra_peak_mb": peak_rss_mb() - base, "seconds": time.perf_counter() - started}
+
+
+def run_child(kind: str, **params: Any) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--child", kind]
+    for key, value in params.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} {params} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child")
+    parser.add_argument("--models", default="tiny,smollm2")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--model-dir")
+    parser.add_argument("--method", default="sdft")
+    parser.add_argument("--variant", default="chunked")
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=576)
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--skip-trl", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        result = {"ours": child_ours, "trl": child_trl, "loss": child_loss}[args.child](args)
+        print(json.dumps(result))
+        return
+
+    common = {"steps": args.steps, "batch": args.batch, "new_tokens": args.new_tokens}
+    print(f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32")
+    print(
+        "| model | ours SDFT s/demo | ours SFT s/demo | SDFT/SFT | TRL SDFT s/demo | ours/TRL time "
+        "| ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models.split(","):
+            path = model_dir(name, Path(work))
+            sdft = run_child("ours", model_dir=path, method="sdft", **common)
+            sft = run_child("ours", model_dir=path, method="sft", **common)
+            trl = None if args.skip_trl else run_child("trl", model_dir=path, **common)
+            cells = [
+                name,
+                f"{sdft['s_per_demo']:.3f}",
+                f"{sft['s_per_demo']:.3f}",
+                f"{sdft['s_per_demo'] / sft['s_per_demo']:.2f}",
+                f"{trl['s_per_demo']:.3f}" if trl else "-",
+                f"{sdft['s_per_demo'] / trl['s_per_demo']:.2f}" if trl else "-",
+                f"{sdft['peak_mb']:.0f}",
+                f"{sft['peak_mb']:.0f}",
+                f"{trl['peak_mb']:.0f}" if trl else "-",
+                f"{sdft['peak_mb'] / trl['peak_mb']:.2f}" if trl else "-",
+                f"{sdft['rollout_share']:.0%}",
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
+    print()
+    print(
+        f"loss alone, forward KL, {args.tokens} tokens, H={args.hidden}, V={args.vocab} "
+        "(SmolLM2 sizes), fp32:"
+    )
+    print("| variant | extra peak MB | seconds |")
+    print("|---|---|---|")
+    results = {}
+    for variant in ("naive", "chunked"):
+        results[variant] = run_child(
+            "loss", variant=variant, tokens=args.tokens, hidden=args.hidden, vocab=args.vocab
+        )
+        print(f"| {variant} | {results[variant]['extra_peak_mb']:.0f} | {results[variant]['seconds']:.2f} |")
+    ratio = results["chunked"]["extra_peak_mb"] / results["naive"]["extra_peak_mb"]
+    print(f"| chunked/naive | {ratio:.2f} | |")
+
+
+if __name__ == "__main__":
+    main()
