@@ -136,7 +136,12 @@ def test_gpu_check_defaults_fit_the_eight_minute_budget() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [["--steps", "0"], ["--gpu-memory-utilization", "0.95"], ["--steps", "400", "--max-new-tokens", "2048"], []],
+    [
+        ["--steps", "0"],
+        ["--gpu-memory-utilization", "0.95"],
+        ["--steps", "400", "--max-new-tokens", "2048"],
+        [],
+    ],
     ids=["no-steps", "greedy-memory", "over-budget", "no-model"],
 )
 def test_gpu_check_refuses_plans_that_cannot_work(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
