@@ -62,7 +62,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front. A deferred transaction that reads, then writes after
+        # another connection committed (the API cancelling a job while a worker logs a step) fails at
+        # once with "database is locked": WAL cannot upgrade a stale read snapshot, and busy_timeout
+        # does not apply. Transactions here are short, so serializing them costs little.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(database_url: str) -> Engine:
