@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
     up.set_defaults(func=cmd_up)
 
-    demo = sub.add_parser("demo", help="the whole product on the embedded default: two skills, gated, plotted")
+    demo = sub.add_parser(
+        "demo", help="the whole product on the embedded default: two skills, gated, plotted"
+    )
     demo.add_argument("--port", type=int, default=8765)
     demo.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
     demo.set_defaults(func=cmd_demo)
