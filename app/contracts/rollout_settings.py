@@ -46,6 +46,11 @@ class RolloutSettings(BaseModel):
     # freed) so the optimizer step gets the memory back.
     enable_sleep_mode: bool = False
 
+    # How the colocated engine receives a LoRA student: "adapter" (a new LoRARequest per sync; cheap
+    # sync, but vLLM's CPU LoRA kernels are several times slower than the plain model) or "merged"
+    # (base + adapter merged per tensor and reloaded in place, served without LoRA kernels).
+    # "auto": adapter on CUDA, merged on CPU. Server mode always uses adapters.
+    lora_sync: Literal["auto", "adapter", "merged"] = "auto"
     # Both vLLM backends: push the student's weights every k optimizer steps (1 = every step).
     sync_every: int = Field(default=1, ge=1)
     # Adapter names are `<prefix>-<run token>-step<N>`; put the job id in the prefix.

