@@ -92,8 +92,23 @@ def cmd_import_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
+    """Checks `sdft eval` and `sdft gate` share: backend available, batch size, JSON output folder."""
+    from workers.evaluation.runner import vllm_unavailable_reason
+
+    problems = []
+    reason = vllm_unavailable_reason() if args.backend == "vllm" else None
+    if reason:
+        problems.append(f"backend: {reason}")
+    if args.batch_size < 1:
+        problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        problems.append(f"json: the directory of {args.json} does not exist")
+    return problems
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from workers.evaluation.runner import load_suite_spec, vllm_unavailable_reason
+    from workers.evaluation.runner import load_suite_spec
     from workers.models.loading import ModelDirError, check_model_dir
 
     problems: list[str] = []
@@ -113,13 +128,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_model_dir(args.model)
     except ModelDirError as exc:
         problems.append(f"model: {exc}")
-    reason = vllm_unavailable_reason() if args.backend == "vllm" else None
-    if reason:
-        problems.append(f"backend: {reason}")
-    if args.batch_size < 1:
-        problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        problems.append(f"json: the directory of {args.json} does not exist")
+    problems += _evaluation_option_problems(args)
     if problems:
         return _report(problems)
 
@@ -165,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from workers.evaluation.runner import load_suite_spec, split_suite_role, vllm_unavailable_reason
+    from workers.evaluation.runner import load_suite_spec, split_suite_role
     from workers.models.loading import ModelDirError, check_model_dir
 
     problems: list[str] = []
@@ -191,13 +200,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             check_model_dir(model_dir)
         except ModelDirError as exc:
             problems.append(f"{label}: {exc}")
-    reason = vllm_unavailable_reason() if args.backend == "vllm" else None
-    if reason:
-        problems.append(f"backend: {reason}")
-    if args.batch_size < 1:
-        problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        problems.append(f"json: the directory of {args.json} does not exist")
+    problems += _evaluation_option_problems(args)
     if problems:
         return _report(problems)
 
