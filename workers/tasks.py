@@ -14,10 +14,12 @@ import logging
 import os
 import socket
 import uuid
+from functools import lru_cache
 from typing import Any
 
 from celery import Task, signals
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from app.contracts.demonstrations import DatasetError, parse_demonstrations
@@ -41,11 +43,15 @@ MAX_RETRIES = 4
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    """One engine (connection pool) per worker process, created lazily in the process that uses it,
+    instead of a new pool per task that is never disposed."""
+    return make_engine(get_settings().database_url)
+
+
 def _producer_sessions() -> Any:
-    settings = get_settings()
-    return make_sessionmaker(
-        make_engine(settings.database_url), info=producer_info(TaskProducer(settings.broker_url))
-    )
+    return make_sessionmaker(_engine(), info=producer_info(TaskProducer(get_settings().broker_url)))
 
 
 def validate_job(job_id: str) -> str:
@@ -85,7 +91,7 @@ def validate_job(job_id: str) -> str:
 
 
 def fail_job(job_id: str, code: str, message: str) -> None:
-    with session_scope(make_sessionmaker(make_engine(get_settings().database_url))) as session:
+    with session_scope(make_sessionmaker(_engine())) as session:
         job = jobs.get_job(session, job_id)
         status = JobStatus(job.status)
         if not is_terminal(status):
@@ -137,6 +143,7 @@ def train_job_task(self: Task, job_id: str) -> str:
     settings = get_settings()
     ctx = WorkerContext(
         settings=settings,
+        sessions=make_sessionmaker(_engine()),
         worker_id=WORKER_ID,
         lease_ttl_seconds=settings.lease_ttl_seconds,
         backend_factory=make_backend_factory(settings.rollout),

@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +66,16 @@ class WorkerContext:
     lease_ttl_seconds: float = 120.0
     backend_factory: BackendFactory | None = None  # None: transformers.generate on the student
     placement: Placement | None = None
-    sessions: sessionmaker[Session] = field(init=False)
+    # The worker task passes its process-wide sessions; tests and scripts may leave it to be built.
+    sessions: sessionmaker[Session] | None = None
 
     def __post_init__(self) -> None:
-        self.sessions = make_sessionmaker(make_engine(self.settings.database_url))
+        if self.sessions is None:
+            self.sessions = make_sessionmaker(make_engine(self.settings.database_url))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        assert self.sessions is not None  # set in __post_init__
         with session_scope(self.sessions) as session:
             yield session
 

@@ -13,6 +13,7 @@ A directory without `meta.json` is never considered: the rename is the commit po
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import tempfile
@@ -68,8 +69,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def weights_sha256(directory: Path) -> str:
     names = sorted(p.name for p in directory.glob("*.safetensors") if p.name != "teacher.safetensors")
     joined = "".join(f"{n}:{file_sha256(directory / n)};" for n in names)
-    import hashlib
-
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
