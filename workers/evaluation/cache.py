@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.contracts.artifacts import model_dir_sha256
+from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.results import SuiteResult, effective_decoding, eval_cache_key
 from app.evaluation.suites import Suite
 from workers.evaluation.runner import (
@@ -173,6 +174,7 @@ def evaluate_model_dir(
     placement: Placement | None = None,
     chat_template_kwargs: Mapping[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    rollout: RolloutSettings | None = None,
 ) -> ModelEvaluation:
     """Evaluate a local model directory on every suite, through the cache when one is given.
 
@@ -204,7 +206,13 @@ def evaluate_model_dir(
         )
         model = load_model(root, placement) if needs_weights else None
         backend = make_eval_backend(
-            backend_kind, root, model=model, tokenizer=tokenizer, placement=placement, batch_size=batch_size
+            backend_kind,
+            root,
+            model=model,
+            tokenizer=tokenizer,
+            placement=placement,
+            batch_size=batch_size,
+            rollout=rollout,
         )
         settings: dict[str, Any] = {
             "seed": seed,

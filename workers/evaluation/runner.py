@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.gate import Role
 from app.evaluation.graders import grade, grade_choice
 from app.evaluation.results import ItemRecord, SuiteResult, effective_decoding
@@ -270,6 +271,9 @@ def evaluate_suite(
         to_generate.append((item, prompt))
     run.advance(len(run.records))
 
+    # Batches of similar lengths: a padded batch costs its longest prompt (tool-use prompts run from
+    # 500 to 1,300 tokens). Records come back in suite order whatever the batching.
+    to_generate = sorted(to_generate, key=lambda pair: len(pair[1]))
     _generate_items(run, backend, tokenizer, to_generate, seed=seed, batch_size=batch_size, stops=stops)
     if to_score:
         assert model_for_choice is not None
@@ -397,9 +401,11 @@ def make_eval_backend(
     tokenizer: PreTrainedTokenizerBase,
     placement: Placement,
     batch_size: int = 16,
+    rollout: RolloutSettings | None = None,
 ) -> RolloutBackend:
     """The rollout backend `kind` for evaluating model_dir. vLLM loads its own copy of the weights
-    through workers.rollout.vllm_engine.VLLMBackend(model_dir)."""
+    through workers.rollout.vllm_engine.VllmEngineBackend(model_dir), with the engine settings given
+    or the worker's (SDFT_ROLLOUT_*)."""
     if kind == "transformers":
         if model is None:
             raise ValueError("the transformers backend generates with the loaded model: pass model")
@@ -411,7 +417,12 @@ def make_eval_backend(
         if reason is not None:
             raise RuntimeError(reason)
         engine = importlib.import_module("workers.rollout.vllm_engine")
-        backend: RolloutBackend = engine.VLLMBackend(str(model_dir))
+        if rollout is None:
+            from app.settings import get_settings
+
+            rollout = get_settings().rollout
+        settings = rollout.model_copy(update={"backend": "vllm"})
+        backend: RolloutBackend = engine.VllmEngineBackend(str(model_dir), settings, device=placement.device)
         return backend
     raise ValueError(f"unknown backend {kind!r} (known: {', '.join(BACKEND_KINDS)})")
 

@@ -49,6 +49,8 @@ from workers.training.checkpointing import latest_checkpoint
 from workers.training.loop import BackendFactory, ResumeMismatch, StageCancelled, StepMetrics, run_stage
 
 log = logging.getLogger(__name__)
+# Warn once per stage when this share of a step's rollouts copies the teacher template's wording.
+LEAK_WARN_FRACTION = 0.25
 
 
 class LineageBusy(Exception):
@@ -230,9 +232,30 @@ class JobRun:
         if config.method == "sdft" and config.readiness_probe != "off" and latest_checkpoint(out_dir) is None:
             self._probe(index, parent_dir, rows, config, grader, grader_options)
 
+        leak_warned = False
+
         def on_step(m: StepMetrics) -> None:
+            nonlocal leak_warned
             with self.ctx.session() as session:
                 metrics = {"stage": index, "skill": stage["skill"], **m.to_dict()}
+                leaking = (
+                    m.rollout_leak_fraction is not None and m.rollout_leak_fraction >= LEAK_WARN_FRACTION
+                )
+                if leaking and not leak_warned:
+                    leak_warned = True
+                    jobs.append_event(
+                        session,
+                        job_id=self.job_id,
+                        level="warn",
+                        type="message",
+                        message=(
+                            f"stage {index + 1}/{total} step {m.step}: {m.rollout_leak_fraction:.0%} of the "
+                            "rollouts contain teacher-template phrases (the student is copying the teacher's "
+                            "scaffolding); a frozen teacher, a template without that wording, or method "
+                            "'sft' avoid it"
+                        ),
+                        data=metrics,
+                    )
                 if jobs.update_progress(
                     session,
                     self.job_id,

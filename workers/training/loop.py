@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.contracts.artifacts import model_dir_sha256
 from app.contracts.demonstrations import Demonstration
 from app.contracts.stage_config import ResolvedStage, StageConfig, resolve
+from app.evaluation.leakage import default_leakage_phrases, template_leakage
 from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
 from workers.rollout.base import Completion, RolloutBackend, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
@@ -52,6 +53,9 @@ class StepMetrics:
     importance_weight_mean: float | None  # None when the sampler's numerics equal the trainer's
     seconds: float
     rollout_seconds: float
+    # Share of rollouts that contain a phrase of the teacher template (the student copying the
+    # teacher's scaffolding instead of answering); None for SFT. Watched by the job, which warns.
+    rollout_leak_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +163,8 @@ class Stage:
         self.teacher = teacher
         self.backend = backend
         self.pad_id = int(tokenizer.pad_token_id)
+        self.tokenizer = tokenizer
+        self.leak_phrases = default_leakage_phrases(config.teacher_template)
         self.stop_ids = stop_ids
         self.placement = placement
         self.trainable = [p for p in student.parameters() if p.requires_grad]
@@ -214,6 +220,12 @@ class Stage:
         if self.teacher is not None:
             self.teacher.update()
         lengths = [len(c.token_ids) for _, c in pairs]
+        leak_fraction = None
+        if cfg.method == "sdft":
+            texts = self.tokenizer.batch_decode(
+                [list(c.token_ids) for _, c in pairs], skip_special_tokens=True
+            )
+            leak_fraction = template_leakage(texts, self.leak_phrases).rate
         return StepMetrics(
             step=step + 1,
             total_steps=self.resolved.max_steps,
@@ -225,6 +237,7 @@ class Stage:
             importance_weight_mean=weight_total / weight_count if weight_count else None,
             seconds=time.perf_counter() - started,
             rollout_seconds=rollout_seconds,
+            rollout_leak_fraction=leak_fraction,
         )
 
     def _micro_step(

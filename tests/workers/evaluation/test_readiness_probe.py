@@ -132,6 +132,11 @@ def test_references_are_read_off_the_demonstration() -> None:
     ]
     assert probe_reference("numeric", "3 plus 3 is 6.") == "3.0"
     assert probe_reference("exact_match", "  Paris.  ") == "Paris."
+    assert probe_reference("contains", "17 + 25 = 42\n#### 42\n") == "#### 42"
+    assert (
+        probe_reference("contains", "Zorvex was founded by Mirela Kastov.")
+        == "Zorvex was founded by Mirela Kastov."
+    )
     assert json.loads(probe_reference("json_match", 'Here: {"a": [1, 2]} done')) == {"a": [1, 2]}
     with pytest.raises(ValueError, match="Action"):
         probe_reference("tool_call", "It is sunny in Paris.")

@@ -9,6 +9,7 @@ rejects the default tiny model's head_dim 16.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -509,3 +510,23 @@ def test_sleep_mode_round_trip_on_cuda(vllm_model_dir: Path, prompts: list[list[
         first = engine.generate(prompts, GREEDY)  # sleeps afterwards (level 2: weights dropped)
         engine.sync_weights(1)
         assert engine.generate(prompts, GREEDY) == first
+
+
+@pytest.mark.vllm
+def test_suite_evaluation_through_vllm_matches_transformers(engines: OneEngine, vllm_model_dir: Path) -> None:
+    """`sdft eval --backend vllm` and the experiment's evaluation: same greedy answers, same scores."""
+    from app.evaluation.suites import DecodingConfig, SuiteMeta, parse_suite_jsonl
+    from workers.evaluation.cache import evaluate_model_dir
+
+    engines.close()  # one in-process engine at a time
+    questions = ["What is 2 plus 2?", "Where is Paris?", "Say four.", "Name a colour."]
+    rows = "".join(
+        json.dumps({"id": f"q{i}", "prompt": q, "reference": "a"}) + "\n" for i, q in enumerate(questions)
+    )
+    suite = parse_suite_jsonl(
+        rows, SuiteMeta(name="probe", grader="contains", decoding=DecodingConfig(max_new_tokens=8))
+    )
+    ours = evaluate_model_dir(vllm_model_dir, [suite], backend_kind="vllm", rollout=SETTINGS)
+    theirs = evaluate_model_dir(vllm_model_dir, [suite], backend_kind="transformers")
+    assert [r.output for r in ours.results[0].records] == [r.output for r in theirs.results[0].records]
+    assert ours.results[0].score == theirs.results[0].score

@@ -1,0 +1,322 @@
+"""API latency under load and idempotent submissions, against `sdft up` on loopback.
+
+For each database (SQLite, the embedded default; PostgreSQL with Redis as broker, the production
+shape) this starts `sdft up --no-worker` on a fresh data directory (no worker, so submitted jobs wait
+in the queue instead of training on the same two cores), then:
+
+1. open-loop load for --duration seconds at each rate (default 50 and 200 requests/s): requests leave
+   on a fixed schedule whether or not earlier ones returned, so a slow server shows up as latency,
+   not as a lower rate. Measured: GET /v1/jobs/{id}, POST /v1/jobs (a distinct Idempotency-Key each),
+   and the peer, GET /healthz (no database), at the same rate in the same run.
+2. 1,000 concurrent POST /v1/jobs with distinct Idempotency-Keys, then the same 1,000 again: the jobs
+   table must hold exactly one job per key (created / lost / duplicated = 1000 / 0 / 0) and the
+   second wave must replay every one of them.
+
+    python bench/api_load.py [--databases sqlite,postgres] [--duration 30] [--rates 50,200]
+
+Prints a table; the figures go in docs/benchmarks.md. Target: p99 of the GET under 20 ms at 200/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.examples import SKILLS, load_text  # noqa: E402
+from workers.models.embedded import DEFAULT_NAME, default_model_dir  # noqa: E402
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+class Service:
+    """`sdft up --no-worker` on a fresh data directory, with SQLite or PostgreSQL behind it."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"sdft-load-{database}-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "SDFT_DATA_DIR": str(self.data_dir)}
+        self.pg_name: str | None = None
+        if database == "postgres":
+            self.pg_name = f"sdft_load_{uuid.uuid4().hex[:8]}"
+            admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'CREATE DATABASE "{self.pg_name}"'))
+            admin.dispose()
+            self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.pg_name}"
+            self.env |= {"SDFT_DATABASE_URL": self.database_url, "SDFT_BROKER_URL": REDIS_URL}
+        else:
+            self.database_url = f"sqlite:///{self.data_dir / 'sdft.sqlite'}"
+        # The embedded base, already imported: link it instead of importing again.
+        models = self.data_dir / "models"
+        models.mkdir()
+        (models / DEFAULT_NAME).symlink_to(default_model_dir())
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Service:
+        log = (self.data_dir / "up.log").open("wb")
+        command = [str(Path(sys.executable).parent / "sdft"), "up", "--no-worker", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sdft up exited: {(self.data_dir / 'up.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("sdft up was not ready in 180 s")
+        self.token = (self.data_dir / "admin.token").read_text().strip()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        if self.pg_name is not None:
+            admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)'))
+            admin.dispose()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def job_counts(self, prefix: str) -> tuple[int, int, int]:
+        """(keys with a job, keys with more than one job, jobs) among Idempotency-Keys with prefix."""
+        engine = sa.create_engine(self.database_url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    sa.text(
+                        "SELECT idempotency_key, count(*) FROM job WHERE idempotency_key LIKE :p "
+                        "GROUP BY idempotency_key"
+                    ),
+                    {"p": f"{prefix}%"},
+                ).all()
+        finally:
+            engine.dispose()
+        return len(rows), sum(1 for _, n in rows if n > 1), sum(n for _, n in rows)
+
+
+def job_body(client: httpx.Client) -> dict[str, Any]:
+    skill = SKILLS["format-demo"]
+    training = client.post(
+        "/v1/files",
+        data={"purpose": "demonstrations"},
+        files={"file": (skill.train, load_text(skill.train).encode(), "application/jsonl")},
+    )
+    training.raise_for_status()
+    suite_file = client.post(
+        "/v1/files",
+        data={"purpose": "regression_suite", "grader": skill.grader},
+        files={"file": (skill.test, load_text(skill.test).encode(), "application/jsonl")},
+    )
+    suite_file.raise_for_status()
+    suite = client.post(
+        "/v1/suites",
+        json={"name": skill.name, "file": suite_file.json()["id"], "grader": skill.grader, "tolerance": 5.0},
+    )
+    suite.raise_for_status()
+    stage = {"skill": skill.name, "training_file": training.json()["id"], "suites": [suite.json()["id"]]}
+    return {"base": "alias:production", "stages": [stage]}
+
+
+async def open_loop(
+    send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]],
+    client: httpx.AsyncClient,
+    rate: float,
+    duration: float,
+    expect: int,
+) -> dict[str, float]:
+    """Send at `rate` per second for `duration` seconds on a fixed schedule; latency per request."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            response = await send(client)
+            if response.status_code != expect:
+                errors += 1
+                return
+        except httpx.HTTPError:
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    total = int(rate * duration)
+    start = time.perf_counter()
+    tasks = []
+    for index in range(total):
+        delay = start + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    return {
+        "sent": total,
+        "ok": len(latencies),
+        "errors": errors,
+        "achieved_rps": total / elapsed,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+async def burst(client: httpx.AsyncClient, body: dict[str, Any], keys: list[str]) -> dict[str, int]:
+    async def submit(key: str) -> int:
+        response = await client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        if response.status_code == 201:
+            return 2 if response.headers.get("Idempotency-Replayed") == "true" else 1
+        return 0
+
+    outcomes = await asyncio.gather(*(submit(key) for key in keys), return_exceptions=True)
+    return {
+        "created": sum(1 for o in outcomes if o == 1),
+        "replayed": sum(1 for o in outcomes if o == 2),
+        "failed": sum(1 for o in outcomes if not isinstance(o, int) or o == 0),
+    }
+
+
+async def measure(service: Service, rates: list[float], duration: float, burst_size: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {service.token}"}
+    with httpx.Client(base_url=service.url, headers=headers, timeout=60) as client:
+        body = job_body(client)
+        seeded = client.post("/v1/jobs", json=body)
+        seeded.raise_for_status()
+        job_id = seeded.json()["id"]
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    results: dict[str, Any] = {"load": []}
+    async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=60, limits=limits) as client:
+        for _ in range(20):  # warm the server's code paths and the connection pool
+            await client.get(f"/v1/jobs/{job_id}")
+        for rate in rates:
+            for name, send, expect in (
+                ("GET /healthz (peer)", lambda c: c.get("/healthz"), 200),
+                ("GET /v1/jobs/{id}", lambda c: c.get(f"/v1/jobs/{job_id}"), 200),
+                (
+                    "POST /v1/jobs",
+                    lambda c: c.post("/v1/jobs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}),
+                    201,
+                ),
+            ):
+                row = await open_loop(send, client, rate, duration, expect)
+                results["load"].append({"endpoint": name, "rate": rate, **row})
+                print(
+                    f"  {service.database:<8} {name:<22} {rate:>5.0f}/s  p50 {row['p50_ms']:6.1f} ms  "
+                    f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}",
+                    flush=True,
+                )
+        prefix = f"burst-{uuid.uuid4().hex[:6]}-"
+        keys = [f"{prefix}{i}" for i in range(burst_size)]
+        started = time.perf_counter()
+        first = await burst(client, body, keys)
+        seconds = time.perf_counter() - started
+        second = await burst(client, body, keys)
+    with_job, duplicated, jobs = service.job_counts(prefix)
+    results["burst"] = {
+        "keys": burst_size,
+        "seconds": seconds,
+        "first_wave": first,
+        "second_wave": second,
+        "created": with_job,
+        "lost": burst_size - with_job,
+        "duplicated": duplicated,
+        "jobs": jobs,
+    }
+    return results
+
+
+def render(all_results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| database | endpoint | rate/s | achieved/s | p50 ms | p99 ms | errors | p99 / peer p99 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for database, results in all_results.items():
+        peers = {row["rate"]: row["p99_ms"] for row in results["load"] if "peer" in row["endpoint"]}
+        for row in results["load"]:
+            ratio = "" if "peer" in row["endpoint"] else f"{row['p99_ms'] / peers[row['rate']]:.1f}"
+            lines.append(
+                f"| {database} | {row['endpoint']} | {row['rate']:.0f} | {row['achieved_rps']:.0f} | "
+                f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {ratio} |"
+            )
+    lines += [
+        "",
+        "| database | concurrent submissions | created | lost | duplicated | seconds | replayed on resend |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for database, results in all_results.items():
+        b = results["burst"]
+        lines.append(
+            f"| {database} | {b['keys']} | {b['created']} | {b['lost']} | {b['duplicated']} | "
+            f"{b['seconds']:.1f} | {b['second_wave']['replayed']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per rate and endpoint")
+    parser.add_argument("--rates", default="50,200")
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--out", help="write the raw figures as JSON here")
+    args = parser.parse_args()
+    rates = [float(rate) for rate in args.rates.split(",")]
+    all_results = {}
+    for database in args.databases.split(","):
+        if database not in ("sqlite", "postgres"):
+            parser.error(f"--databases: unknown database {database!r} (sqlite, postgres)")
+        print(f"{database}: starting sdft up --no-worker", flush=True)
+        with Service(database) as service:
+            all_results[database] = asyncio.run(measure(service, rates, args.duration, args.burst))
+    print()
+    print(render(all_results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(all_results, indent=1) + "\n")
+    failed = [db for db, r in all_results.items() if (r["burst"]["lost"], r["burst"]["duplicated"]) != (0, 0)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
