@@ -308,7 +308,7 @@ def cmd_experiment_continual(args: argparse.Namespace) -> int:
     engine = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
     settings["rollout_backend"] = args.rollout_backend or engine
     settings["eval_backend"] = args.eval_backend or engine
-    for key in ("seeds", "max_steps", "teacher"):
+    for key in ("seeds", "max_steps", "teacher", "teacher_template"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     try:
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-backend",
         choices=["transformers", "vllm"],
         help="evaluation generations (default vllm when installed)",
+    )
+    continual.add_argument(
+        "--teacher-template", choices=["concise", "paper"], help="SDFT teacher prompt (default concise)"
     )
     continual.add_argument("--base", help="model directory (default: the embedded SmolLM2-135M-Instruct)")
     continual.add_argument(

@@ -147,6 +147,7 @@ def train_job_task(self: Task, job_id: str) -> str:
         worker_id=WORKER_ID,
         lease_ttl_seconds=settings.lease_ttl_seconds,
         backend_factory=make_backend_factory(settings.rollout),
+        rollout_backend=settings.rollout.backend,
     )
     try:
         return run_job(job_id, ctx)

@@ -25,6 +25,15 @@ PAPER_TEACHER_TEMPLATE = (
     "Now answer with a response of your own, including the thinking process.\n"
 )
 
+# A template without the paper's "question"/"response"/"thinking process" wording. At 135M the paper's
+# closing instruction ("a response of your own, including the thinking process") made the teacher
+# write "To solve this problem, I started by ..." instead of the demonstrated answer, and students
+# copied that wording; with this one the teacher answered 75% of held-out facts (62% with the paper's)
+# and copied the demonstrated format (docs/experiments/continual.md, "What was tried").
+CONCISE_TEACHER_TEMPLATE = (
+    "\n{question}\n\nExample answer:\n{demonstration}\n\nAnswer in exactly the same format as the example.\n"
+)
+
 
 class StageConfig(BaseModel):
     """One SDFT (or SFT baseline) stage. Defaults follow the paper unless a comment says why not."""

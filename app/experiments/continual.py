@@ -30,12 +30,14 @@ class ExperimentPlan:
     skills: tuple[str, ...]
     methods: tuple[str, ...] = METHODS
     seeds: int = 1
-    learning_rates: tuple[float, ...] = (2e-4, 1e-3)
+    learning_rates: tuple[float, ...] = (2e-4, 1e-3, 3e-3)
     max_steps: int = 20
     batch_size: int = 8
     micro_batch_size: int = 4  # tool-use sequences run to ~1,400 tokens: 4 at a time bounds the memory
     lora_rank: int = 16
     teacher: str = "frozen"
+    # "concise" (CONCISE_TEACHER_TEMPLATE) or the paper's; see app/contracts/stage_config.py for why.
+    teacher_template: Literal["concise", "paper"] = "concise"
     # Rollout and evaluation length cap per skill (tool calls need the most).
     max_new_tokens: Mapping[str, int] = field(default_factory=dict)
     # "first": the grid runs on the first skill and its best rate serves the method's whole lineage
@@ -80,7 +82,13 @@ class ExperimentPlan:
     @classmethod
     def quick(cls, skill: str, **overrides: Any) -> ExperimentPlan:
         """One skill, one seed, fewer steps: a smoke run of the whole protocol in under 15 minutes."""
-        settings: dict[str, Any] = {"seeds": 1, "max_steps": 12, "label": "continual-quick", **overrides}
+        settings: dict[str, Any] = {
+            "seeds": 1,
+            "max_steps": 12,
+            "learning_rates": (2e-4, 1e-3),
+            "label": "continual-quick",
+            **overrides,
+        }
         return cls(skills=(skill,), **settings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,7 +224,8 @@ def render_report(raw: Mapping[str, Any], *, plot_name: str | None, raw_name: st
             "new skill (ties: the smaller rate) is kept; the lineage goes on from that candidate."
         ),
         f"- SDFT: forward KL over the full vocabulary, first 3 tokens masked, one rollout per prompt at "
-        f"temperature 1, the paper's teacher template, **{plan['teacher']} teacher**. SFT: cross-entropy "
+        f"temperature 1, the {plan.get('teacher_template', 'paper')} teacher template, "
+        f"**{plan['teacher']} teacher**. SFT: cross-entropy "
         "on the demonstrations.",
         "- Every suite is scored greedily after every stage (score in points with a 95% bootstrap "
         "interval); each stage's candidate also goes through the service's gate against its parent "

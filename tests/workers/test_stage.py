@@ -47,6 +47,10 @@ def test_stage_trains_and_writes_a_loadable_model(
     assert all(torch.isfinite(torch.tensor(m.loss)) and m.grad_norm > 0 for m in seen)
     if config.method == "sdft":
         assert all(m.rollout_tokens_mean > 0 and m.rollout_seconds > 0 for m in seen)
+        # Every SDFT step checks its rollouts for the teacher template's wording; SFT has none.
+        assert all(m.rollout_leak_fraction is not None and 0 <= m.rollout_leak_fraction <= 1 for m in seen)
+    else:
+        assert all(m.rollout_leak_fraction is None for m in seen)
     before, after = _weights(tiny_model_dir), _weights(result.model_dir)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "training must change the weights"

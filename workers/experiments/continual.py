@@ -26,7 +26,7 @@ from typing import Any
 
 from app.contracts.demonstrations import Demonstration
 from app.contracts.rollout_settings import RolloutSettings
-from app.contracts.stage_config import StageConfig
+from app.contracts.stage_config import CONCISE_TEACHER_TEMPLATE, PAPER_TEACHER_TEMPLATE, StageConfig
 from app.evaluation.forgetting import plot_forgetting_panels
 from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
 from app.evaluation.leakage import template_leakage
@@ -56,6 +56,13 @@ TRIED = [
     "but kept only 49–68% of the general answers; SDFT with reverse KL (EMA 0.05 or frozen), forward KL "
     "(EMA 0.01 or frozen, first 3 tokens masked) learned 0–2.5% in 30 steps while keeping 59–84%; with "
     "120 steps, forward KL and a frozen teacher reached 27.5% / 17.5% and still kept 84%.",
+    "Teacher template, probed on the base before any training (8 held-out demonstrations, greedy): "
+    "with the paper's template the teacher answered 62% of the knowledge rows (student 0%) and 0% of "
+    'the format rows, writing "To solve this problem, I started by adding ..." as the template\'s '
+    '"response of your own, including the thinking process" asks; with the concise template '
+    "(`CONCISE_TEACHER_TEMPLATE`) 75% of the knowledge rows (demonstration NLL per token 3.13 -> 0.23) "
+    'and on the format rows the demonstrated first line ("26 + 82 = 108") but not the "#### 108" '
+    "line the grader wants, so still 0%. The quick run (`continual-quick.md`) used the paper's template.",
     "Teacher: frozen (this run) against the paper's EMA 0.01: the EMA teacher fed the student's "
     "template wording back into itself and kept less general knowledge at this size (76% vs 84%).",
     "Adapter vs full fine-tuning: this run uses LoRA rank 16 for both methods, which keeps a CPU step "
@@ -63,8 +70,9 @@ TRIED = [
     "fine-tuning.",
     "Loss support: forward KL over the full vocabulary (the paper's); top-k and sampled-token "
     "estimators are available (`support`) but not used here.",
-    "Steps: the same fixed step count for both methods per stage; learning rate chosen per stage on "
-    "the validation split from the grid above.",
+    "Steps: the same fixed step count for both methods per stage (20 here, 12 in the quick run), the "
+    "most this 2-core machine affords in 90 minutes with three skills; the probes found SDFT starting "
+    "to learn facts only after ~80 steps.",
 ]
 
 
@@ -80,6 +88,9 @@ def _stage_config(
         max_steps=plan.max_steps,
         lora_rank=plan.lora_rank,
         teacher=plan.teacher,  # type: ignore[arg-type]
+        teacher_template=CONCISE_TEACHER_TEMPLATE
+        if plan.teacher_template == "concise"
+        else PAPER_TEACHER_TEMPLATE,
         max_new_tokens=plan.max_new_tokens[skill],
         checkpoint_every=plan.max_steps,
         readiness_probe="off",  # probed once per stage below, for the report

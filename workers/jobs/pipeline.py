@@ -67,6 +67,7 @@ class WorkerContext:
     worker_id: str
     lease_ttl_seconds: float = 120.0
     backend_factory: BackendFactory | None = None  # None: transformers.generate on the student
+    rollout_backend: str = "transformers"  # the name behind backend_factory (RolloutSettings.backend)
     placement: Placement | None = None
     # The worker task passes its process-wide sessions; tests and scripts may leave it to be built.
     sessions: sessionmaker[Session] | None = None
@@ -279,8 +280,25 @@ class JobRun:
             with self.ctx.session() as session:
                 return jobs.get_job(session, self.job_id).status != JobStatus.RUNNING
 
+        backend_factory = self.ctx.backend_factory
         with self.ctx.session() as session:
             _event(session, self.job_id, "stage", f"stage {index + 1}/{total}: training {stage['skill']}")
+            parent_is_trained = registry.get_version(session, parent_id).job_id is not None
+            if self.ctx.rollout_backend == "vllm-server" and config.method == "sdft" and parent_is_trained:
+                # The server holds one base model and applies each step's adapter to it; this stage's
+                # student sits on a trained version, so those rollouts would come from other weights.
+                backend_factory = None
+                jobs.append_event(
+                    session,
+                    job_id=self.job_id,
+                    level="warn",
+                    type="message",
+                    message=(
+                        f"stage {index + 1}/{total}: the vLLM rollout server serves the base model, but this "
+                        f"stage starts from {parent_id}, a trained version; its adapters would be applied to "
+                        "other weights, so this stage samples its rollouts with transformers.generate"
+                    ),
+                )
         try:
             result = run_stage(
                 base_dir=parent_dir,
@@ -288,7 +306,7 @@ class JobRun:
                 config=config,
                 out_dir=out_dir,
                 placement=self.placement,
-                backend_factory=self.ctx.backend_factory,
+                backend_factory=backend_factory,
                 on_step=on_step,
                 should_stop=should_stop,
             )

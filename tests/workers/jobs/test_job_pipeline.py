@@ -170,3 +170,31 @@ def test_jobs_on_one_lineage_never_interleave(sqlite_service: Any) -> None:
     assert {a["status"], b["status"]} == {"succeeded"}
     earlier, later = sorted([a, b], key=lambda j: j["started_at"])
     assert later["started_at"] >= earlier["finished_at"], (earlier, later)
+
+
+def test_rollout_server_is_not_used_for_a_stage_that_starts_from_a_trained_version(
+    sqlite_service: Any,
+) -> None:
+    """The vLLM rollout server holds the base model only: an SDFT stage on top of a trained version samples
+    with transformers.generate (and says so) instead of applying its adapter to the wrong weights. The
+    configured server is unreachable, so a stage that still used it would fail the job."""
+    service = sqlite_service
+    demos = service.upload("demos.jsonl", DEMOS, "demonstrations")
+    alpha = service.suite("alpha", SUITE, "contains", tolerance=100)
+    beta = service.suite("beta", SUITE.replace("q", "b"), "contains", tolerance=100)
+    service.env |= {"SDFT_ROLLOUT_BACKEND": "vllm-server", "SDFT_ROLLOUT_SERVER_URL": "http://127.0.0.1:9"}
+    service.start_worker()
+    job_id = service.create_job(
+        {
+            "base": "alias:production",
+            "stages": [
+                _stage("alpha", demos, alpha, method="sft", lora_rank=4),
+                _stage("beta", demos, beta, lora_rank=4),
+            ],
+            "require_improvement": False,
+        }
+    )
+    job = service.wait(job_id, timeout=400)
+    assert job["status"] == "succeeded", job["error"]
+    warnings = [e["message"] for e in service.events(job_id) if e["level"] == "warn"]
+    assert any("vLLM rollout server serves the base model" in message for message in warnings), warnings
