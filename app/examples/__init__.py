@@ -74,6 +74,8 @@ class SkillData:
     max_new_tokens: int
     min_score: float | None = None
     grader_options: Mapping[str, Any] = field(default_factory=dict)
+    # The longest chat-templated training prompt must fit (tool-use prompts carry API documentation).
+    max_prompt_tokens: int = 1024
 
     def files(self) -> tuple[str, ...]:
         return tuple(name for name in (self.train, self.validation, self.test) if name is not None)
@@ -146,6 +148,7 @@ SKILLS: dict[str, SkillData] = {
         grader="tool_call",
         tolerance=5.0,
         max_new_tokens=256,
+        max_prompt_tokens=2048,
     ),
     "format-demo": SkillData(
         name="format-demo",

@@ -18,7 +18,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +92,7 @@ def _stage_config(
         if plan.teacher_template == "concise"
         else PAPER_TEACHER_TEMPLATE,
         max_new_tokens=plan.max_new_tokens[skill],
+        max_prompt_tokens=SKILLS[skill].max_prompt_tokens,
         checkpoint_every=plan.max_steps,
         readiness_probe="off",  # probed once per stage below, for the report
     )
@@ -103,6 +104,12 @@ def _with_cap(suite: Suite, tokens: int) -> Suite:
         update={"max_new_tokens": min(tokens, suite.meta.decoding.max_new_tokens)}
     )
     return replace(suite, meta=suite.meta.model_copy(update={"decoding": decoding}))
+
+
+def _seconds(results: Iterable[SuiteResult]) -> float:
+    """Generation time of results, as measured when they were computed (cached ones included), so a
+    resumed run reports what the work cost, not how long reading the cache took."""
+    return sum(float(result.meta.get("seconds", 0.0)) for result in results)
 
 
 def _cell(result: SuiteResult) -> dict[str, Any]:
@@ -169,6 +176,7 @@ class ContinualExperiment:
         """The general questions the base answers right: forgetting is measured on what it knew."""
         full = self.general_source
         result = self._evaluate(self.base_dir, [full])[full.meta.name]
+        self.base_seconds = _seconds([result])
         right = {record.item_id for record in result.records if record.score == 1.0}
         kept = tuple(item for item in full.items if item.item_id in right)
         if not kept:
@@ -257,12 +265,13 @@ class ContinualExperiment:
     ) -> tuple[Path, dict[str, SuiteResult], dict[str, Any]]:
         """One skill: train (each rate of the grid, or the rate already chosen), score, gate."""
         skill = self.plan.skills[index]
-        started = time.perf_counter()
         self.log(f"  [{method} seed {seed}] stage {index + 1}/{len(self.plan.skills)}: {skill}")
+        probe_started = time.perf_counter()
         readiness = self._readiness(parent, skill) if method == "sdft" else None
+        probe_seconds = time.perf_counter() - probe_started
         grid: list[dict[str, Any]] = []
         candidates: dict[float, Path] = {}
-        train_seconds = 0.0
+        train_seconds = eval_seconds = 0.0
         rates = self.plan.learning_rates if chosen_rate is None else (chosen_rate,)
         for learning_rate in rates:
             model_dir, info = self._train(parent, method, seed, skill, learning_rate)
@@ -271,6 +280,7 @@ class ContinualExperiment:
             if chosen_rate is None:
                 name = self.validation[skill].meta.name
                 validation = self._evaluate(model_dir, [self.validation[skill]])[name]
+                eval_seconds += _seconds([validation])
                 info["validation_score"] = validation.score
                 self.log(f"    lr {learning_rate:g}: validation {validation.score:.1f}")
             grid.append(info)
@@ -279,10 +289,9 @@ class ContinualExperiment:
             {run["learning_rate"]: run["validation_score"] for run in grid}
         )
         candidate = candidates[chosen]
-        eval_started = time.perf_counter()
         suites = [*self.test.values(), general]
         results = self._evaluate(candidate, suites)
-        eval_seconds = time.perf_counter() - eval_started
+        eval_seconds += _seconds(results.values())
         gate = self._gate(parent, candidate, parent_results, results, skill, general)
         outputs = [record.output for suite in suites for record in results[suite.meta.name].records]
         stage = {
@@ -293,9 +302,10 @@ class ContinualExperiment:
             "test_scores": {name: _cell(result) for name, result in results.items()},
             "gate": gate,
             "leakage": template_leakage(outputs).to_dict(),
+            "probe_seconds": probe_seconds,
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
-            "wall_seconds": time.perf_counter() - started,
+            "seconds": probe_seconds + train_seconds + eval_seconds,
             "model_dir": str(candidate),
         }
         verdict = "accepted" if gate["accepted"] else "rejected"
@@ -346,8 +356,9 @@ class ContinualExperiment:
         general, general_info = self._general_suite()
         suites = [*self.test.values(), general]
         base_results = self._evaluate(self.base_dir, suites)
+        base_seconds = self.base_seconds + _seconds(base_results.values())
         base_outputs = [record.output for suite in suites for record in base_results[suite.meta.name].records]
-        lineages = []
+        lineages: list[dict[str, Any]] = []
         for method in self.plan.methods:
             for seed in range(self.plan.seeds):
                 parent, parent_results = self.base_dir, base_results
@@ -384,6 +395,8 @@ class ContinualExperiment:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {self.placement.device}",
             "wall_seconds": time.perf_counter() - started,
+            "compute_seconds": base_seconds
+            + sum(stage["seconds"] for lineage in lineages for stage in lineage["stages"]),
             "plan": self.plan.to_dict(),
             "base": {"name": base_name, "dir": str(self.base_dir)},
             "general": general_info,
