@@ -320,6 +320,15 @@ def cmd_experiment_continual(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"experiment: {exc}")
         return EXIT_BAD_INPUT
+    if args.report_only:
+        from workers.experiments.continual import rewrite_report
+
+        raw_path = Path(args.out) / f"{plan.label}.json"
+        if not raw_path.is_file():
+            print(f"out: no raw record {raw_path} to rewrite the report from")
+            return EXIT_BAD_INPUT
+        rewrite_report(raw_path, log=print)
+        return 0
     base = Path(args.base) if args.base else default_model_dir()
     if not args.base:
         import_default(base)
@@ -412,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     continual.add_argument(
         "--teacher-template", choices=["concise", "paper"], help="SDFT teacher prompt (default concise)"
+    )
+    continual.add_argument(
+        "--report-only", action="store_true", help="rewrite the report and plot from the raw JSON in --out"
     )
     continual.add_argument("--base", help="model directory (default: the embedded SmolLM2-135M-Instruct)")
     continual.add_argument(

@@ -414,16 +414,29 @@ def _readiness_table(lineages: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def _top_phrases(leakage: Mapping[str, Any]) -> str:
+    counts = sorted(((n, phrase) for phrase, n in leakage.get("by_phrase", {}).items() if n), reverse=True)
+    return "; ".join(f'"{phrase}" ({n})' for n, phrase in counts[:2]) or "–"
+
+
 def _leakage_table(lineages: Sequence[Mapping[str, Any]], raw: Mapping[str, Any]) -> list[str]:
     base = raw["base_leakage"]
-    rows = [["base", "–", f"{base['leaked']}/{base['n']}"]]
+    rows = [["base", "–", f"{base['leaked']}/{base['n']}", _top_phrases(base)]]
     for lineage in lineages:
         for stage in lineage["stages"]:
             leakage = stage["leakage"]
-            rows.append([lineage_key(lineage), stage["skill"], f"{leakage['leaked']}/{leakage['n']}"])
+            rows.append(
+                [
+                    lineage_key(lineage),
+                    stage["skill"],
+                    f"{leakage['leaked']}/{leakage['n']}",
+                    _top_phrases(leakage),
+                ]
+            )
     return [
-        "Evaluation outputs (all test suites) that contain a phrase of the teacher template, e.g. "
-        '"example for a response" (`app/evaluation/leakage.py`).',
+        "Evaluation outputs (all test suites) that contain a teacher-template phrase or one of the "
+        'phrases students picked up in the earlier probes, e.g. "The answer to this question is" '
+        "(`app/evaluation/leakage.py`).",
         "",
-        *_table(["model", "after stage", "outputs with template phrases"], rows),
+        *_table(["model", "after stage", "outputs with such phrases", "most frequent"], rows),
     ]

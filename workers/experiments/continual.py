@@ -408,18 +408,9 @@ class ContinualExperiment:
         return raw
 
     def write(self, raw: Mapping[str, Any]) -> Path:
-        label = self.plan.label
-        raw_path = self.out_dir / f"{label}.json"
+        raw_path = self.out_dir / f"{self.plan.label}.json"
         raw_path.write_text(json.dumps(raw, indent=1) + "\n")
-        plot_name = f"{label}.png"
-        matrices = {lineage_key(lineage): lineage_matrix(lineage) for lineage in raw["lineages"]}
-        plot_forgetting_panels(
-            matrices, self.out_dir / plot_name, title=f"{raw['base']['name']}: score per suite over stages"
-        )
-        report = self.out_dir / f"{label}.md"
-        report.write_text(render_report(raw, plot_name=plot_name, raw_name=raw_path.name))
-        self.log(f"report: {report}\nplot: {self.out_dir / plot_name}\nraw: {raw_path}")
-        return report
+        return rewrite_report(raw_path, log=self.log)
 
 
 def default_caps(skills: Sequence[str]) -> dict[str, int]:
@@ -430,3 +421,15 @@ def default_caps(skills: Sequence[str]) -> dict[str, int]:
 
 def command_line() -> str:
     return "sdft " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+def rewrite_report(raw_path: Path, log: Log = print) -> Path:
+    """The Markdown report and the plot beside a raw record (`<label>.json` -> `<label>.md`, `.png`)."""
+    raw = json.loads(raw_path.read_text())
+    plot_path = raw_path.with_suffix(".png")
+    matrices = {lineage_key(lineage): lineage_matrix(lineage) for lineage in raw["lineages"]}
+    plot_forgetting_panels(matrices, plot_path, title=f"{raw['base']['name']}: score per suite over stages")
+    report = raw_path.with_suffix(".md")
+    report.write_text(render_report(raw, plot_name=plot_path.name, raw_name=raw_path.name))
+    log(f"report: {report}\nplot: {plot_path}\nraw: {raw_path}")
+    return report

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.evaluation.suites import DecodingConfig, SuiteMeta, parse_suite_jsonl
 from app.experiments.continual import RAW_FORMAT, ExperimentPlan
-from workers.experiments.continual import ContinualExperiment
+from workers.experiments.continual import ContinualExperiment, rewrite_report
 
 
 def _general() -> object:
@@ -71,6 +71,9 @@ def test_experiment_runs_both_methods_and_resumes(tiny_model_dir: Path, tmp_path
     assert (tmp_path / "out" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "out" / "tiny.json").read_text())["lineages"] == raw["lineages"]
     assert sum("step 1/1" in line for line in lines) == 6  # 2 methods x (2 rates + 1 rate)
+    (tmp_path / "out" / "tiny.md").unlink()
+    rewrite_report(tmp_path / "out" / "tiny.json", log=lines.append)  # `--report-only`
+    assert (tmp_path / "out" / "tiny.md").read_text() == report
 
     lines.clear()
     again = experiment.run()
