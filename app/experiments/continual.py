@@ -33,7 +33,11 @@ class ExperimentPlan:
     learning_rates: tuple[float, ...] = (2e-4, 1e-3, 3e-3)
     max_steps: int = 20
     batch_size: int = 8
-    micro_batch_size: int = 4  # tool-use sequences run to ~1,400 tokens: 4 at a time bounds the memory
+    micro_batch_size: int = 4
+    # Per-skill exceptions (same for both methods). Tool-use prompts run to ~1,400 tokens: a step costs
+    # ~60 s here and 4 such sequences at a time with a vLLM engine beside them outgrew 24 GiB.
+    steps_by_skill: Mapping[str, int] = field(default_factory=lambda: {"tool-use": 10})
+    micro_batch_by_skill: Mapping[str, int] = field(default_factory=lambda: {"tool-use": 2})
     lora_rank: int = 16
     teacher: str = "frozen"
     # "concise" (CONCISE_TEACHER_TEMPLATE) or the paper's; see app/contracts/stage_config.py for why.
@@ -94,6 +98,8 @@ class ExperimentPlan:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["max_new_tokens"] = dict(self.max_new_tokens)
+        data["steps_by_skill"] = dict(self.steps_by_skill)
+        data["micro_batch_by_skill"] = dict(self.micro_batch_by_skill)
         return data
 
 
@@ -216,7 +222,13 @@ def render_report(raw: Mapping[str, Any], *, plot_name: str | None, raw_name: st
         "suite of different questions (`app/examples`).",
         f"- General suite: the {raw['general']['kept']} of {raw['general']['total']} general questions "
         "the base answers right (filtered by running the base), standing in for earlier tasks.",
-        f"- Same for both methods: {plan['max_steps']} optimizer steps per stage, {plan['batch_size']} "
+        f"- Same for both methods: {plan['max_steps']} optimizer steps per stage"
+        + "".join(
+            f" ({skill}: {n})"
+            for skill, n in plan.get("steps_by_skill", {}).items()
+            if skill in plan["skills"]
+        )
+        + f", {plan['batch_size']} "
         f"prompts per step, LoRA rank {plan['lora_rank']} (all linear layers), cosine schedule, "
         f"learning-rate grid {', '.join(f'{lr:g}' for lr in plan['learning_rates'])}; "
         + (

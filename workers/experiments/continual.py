@@ -84,8 +84,8 @@ def _stage_config(
         seed=seed,
         learning_rate=learning_rate,
         batch_size=plan.batch_size,
-        micro_batch_size=min(plan.micro_batch_size, plan.batch_size),
-        max_steps=plan.max_steps,
+        micro_batch_size=min(plan.micro_batch_by_skill.get(skill, plan.micro_batch_size), plan.batch_size),
+        max_steps=plan.steps_by_skill.get(skill, plan.max_steps),
         lora_rank=plan.lora_rank,
         teacher=plan.teacher,  # type: ignore[arg-type]
         teacher_template=CONCISE_TEACHER_TEMPLATE
@@ -93,7 +93,8 @@ def _stage_config(
         else PAPER_TEACHER_TEMPLATE,
         max_new_tokens=plan.max_new_tokens[skill],
         max_prompt_tokens=SKILLS[skill].max_prompt_tokens,
-        checkpoint_every=plan.max_steps,
+        # Tool-use steps take a minute: checkpoint often enough that an interrupted stage resumes.
+        checkpoint_every=5 if skill in plan.steps_by_skill else plan.max_steps,
         readiness_probe="off",  # probed once per stage below, for the report
     )
 
@@ -139,7 +140,8 @@ class ContinualExperiment:
         self.command = command
         self.cache = EvalCache(work_dir / "eval-cache")
         self.general_source = general_source or GENERAL_SUITE.suite()
-        self.rollout = rollout or RolloutSettings(backend="vllm")
+        # A small KV cache: 8 rollouts need little, and the trainer shares the machine's memory.
+        self.rollout = rollout or RolloutSettings(backend="vllm", gpu_memory_utilization=0.08)
         self.backend_factory = make_backend_factory(self.rollout) if plan.rollout_backend == "vllm" else None
         self.demonstrations: dict[str, list[Demonstration]] = {
             skill: SKILLS[skill].demonstrations() for skill in plan.skills

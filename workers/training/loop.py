@@ -422,11 +422,13 @@ def run_stage(
             with metrics_log.open("a") as f:
                 f.write(json.dumps(last.to_dict()) + "\n")
             done = step + 1
+            # Report before the checkpoint: a crash between the two then re-runs (and re-reports) the
+            # step after resuming, instead of resuming past a step nobody was told about.
+            if on_step is not None:
+                on_step(last)
             if done % config.checkpoint_every == 0 or done == resolved.max_steps:
                 checkpoint_now(done)
                 saved_step = done
-            if on_step is not None:
-                on_step(last)
     finally:
         if backend is not None:
             backend.close()
