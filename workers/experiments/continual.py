@@ -107,6 +107,19 @@ def _with_cap(suite: Suite, tokens: int) -> Suite:
     return replace(suite, meta=suite.meta.model_copy(update={"decoding": decoding}))
 
 
+def final_steps(metrics_log: Path, steps: int) -> list[dict[str, Any]]:
+    """Each step's metrics once, from the execution that counted: a stage resumed from a checkpoint
+    re-runs steps already logged, and an abandoned attempt with other settings may have logged more;
+    the last entry per step number, for steps 1..steps, is the one in the final model."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in metrics_log.read_text().splitlines() if metrics_log.is_file() else []:
+        if line.strip():
+            entry = json.loads(line)
+            if entry.get("total_steps", steps) == steps:
+                by_step[int(entry["step"])] = entry
+    return [by_step[step] for step in sorted(by_step) if 1 <= step <= steps]
+
+
 def _seconds(results: Iterable[SuiteResult]) -> float:
     """Generation time of results, as measured when they were computed (cached ones included), so a
     resumed run reports what the work cost, not how long reading the cache took."""
@@ -221,7 +234,7 @@ class ContinualExperiment:
             on_step=on_step,
         )
         seconds = time.perf_counter() - started
-        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+        logged = final_steps(out / "metrics.jsonl", result.steps)
         last = logged[-1] if logged else {}
         leaks = [m["rollout_leak_fraction"] for m in logged if m.get("rollout_leak_fraction") is not None]
         info = {
