@@ -245,7 +245,7 @@ async def measure(service: Service, rates: list[float], duration: float, burst_s
     async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=60, limits=limits) as client:
         for _ in range(20):  # warm the server's code paths and the connection pool
             await client.get(f"/v1/jobs/{job_id}")
-        for rate in rates:
+        for rate in rates if duration > 0 else []:
             for name, send, expect in (
                 ("GET /healthz (peer)", lambda c: c.get("/healthz"), 200),
                 ("GET /v1/jobs/{id}", lambda c: c.get(f"/v1/jobs/{job_id}"), 200),
@@ -314,7 +314,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--databases", default="sqlite,postgres")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds per rate and endpoint")
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds per rate and endpoint (0: the burst only)"
+    )
     parser.add_argument("--rates", default="50,200")
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--out", help="write the raw figures as JSON here")
