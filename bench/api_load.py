@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.examples import SKILLS, load_text  # noqa: E402
+from workers.demo import wait_ready  # noqa: E402
 from workers.models.embedded import DEFAULT_NAME, default_model_dir  # noqa: E402
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -93,18 +94,10 @@ class Service:
         log = (self.data_dir / "up.log").open("wb")
         command = [str(Path(sys.executable).parent / "sdft"), "up", "--no-worker", "--port", str(self.port)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sdft up exited: {(self.data_dir / 'up.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("sdft up was not ready in 180 s")
+        try:
+            wait_ready(self.url, self.process, timeout=180)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {(self.data_dir / 'up.log').read_text()[-2000:]}") from None
         self.token = (self.data_dir / "admin.token").read_text().strip()
         return self
 

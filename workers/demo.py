@@ -46,7 +46,7 @@ def _check(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _wait_ready(url: str, api: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_ready(url: str, api: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if api.poll() is not None:
@@ -213,7 +213,7 @@ def run_demo(settings: Settings, port: int) -> int:
     api = subprocess.Popen(command, stdout=api_log, stderr=subprocess.STDOUT)
     worker = start_worker(settings)
     try:
-        _wait_ready(url, api)
+        wait_ready(url, api)
         print(f"service up at {url} (worker pid {worker.pid}); submitting the example job")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
             job_id = submit(client)

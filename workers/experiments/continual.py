@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contracts.artifacts import model_dir_sha256
 from app.contracts.demonstrations import Demonstration
 from app.contracts.rollout_settings import RolloutSettings
 from app.contracts.stage_config import CONCISE_TEACHER_TEMPLATE, PAPER_TEACHER_TEMPLATE, StageConfig
@@ -352,8 +353,6 @@ class ContinualExperiment:
             )
             for suite, role in roles
         ]
-        from app.contracts.artifacts import model_dir_sha256
-
         report = evaluate_gate(
             comparisons,
             parent_checkpoint_sha256=model_dir_sha256(parent),

@@ -121,6 +121,10 @@ def _event(
     jobs.append_event(session, job_id=job_id, level="info", type=type_, message=message, data=data)
 
 
+def _warn(session: Session, job_id: str, message: str, data: dict[str, Any] | None = None) -> None:
+    jobs.append_event(session, job_id=job_id, level="warn", type="message", message=message, data=data)
+
+
 class JobRun:
     def __init__(self, job_id: str, ctx: WorkerContext) -> None:
         self.job_id = job_id
@@ -244,12 +248,10 @@ class JobRun:
                 )
                 if leaking and not leak_warned:
                     leak_warned = True
-                    jobs.append_event(
+                    _warn(
                         session,
-                        job_id=self.job_id,
-                        level="warn",
-                        type="message",
-                        message=(
+                        self.job_id,
+                        (
                             f"stage {index + 1}/{total} step {m.step}: {m.rollout_leak_fraction:.0%} of the "
                             "rollouts contain teacher-template phrases (the student is copying the teacher's "
                             "scaffolding); a frozen teacher, a template without that wording, or method "
@@ -288,12 +290,10 @@ class JobRun:
                 # The server holds one base model and applies each step's adapter to it; this stage's
                 # student sits on a trained version, so those rollouts would come from other weights.
                 backend_factory = None
-                jobs.append_event(
+                _warn(
                     session,
-                    job_id=self.job_id,
-                    level="warn",
-                    type="message",
-                    message=(
+                    self.job_id,
+                    (
                         f"stage {index + 1}/{total}: the vLLM rollout server serves the base model, but this "
                         f"stage starts from {parent_id}, a trained version; its adapters would be applied to "
                         "other weights, so this stage samples its rollouts with transformers.generate"
