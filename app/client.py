@@ -22,12 +22,25 @@ import httpx
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 TIMEOUT_SECONDS = 60.0
 FOLLOW_RECONNECTS = 5
+BUSY_RETRIES = 5
+MAX_RETRY_AFTER_SECONDS = 30.0
 
 
 class ClientError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def config_path() -> Path:
@@ -59,12 +72,20 @@ class ApiClient:
         return cls(str(base_url), str(token) if token else None)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach {self.http.base_url}: {exc}", exit_code=2) from None
-        if response.is_success:
-            return response.json()
+        """One API call. A busy API's 503 + Retry-After is retried when repeating is safe: reads, and
+        writes that carry an Idempotency-Key (the server returns the first result for a repeat)."""
+        repeatable = method in ("GET", "HEAD") or "Idempotency-Key" in kwargs.get("headers", {})
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise ClientError(f"cannot reach {self.http.base_url}: {exc}", exit_code=2) from None
+            if response.is_success:
+                return response.json()
+            wait = retry_after_seconds(response)
+            if not repeatable or wait is None or attempt == BUSY_RETRIES:
+                break
+            time.sleep(wait)
         raise ClientError(_describe_error(response))
 
     def stream_events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -93,6 +114,14 @@ class ApiClient:
             except httpx.TransportError:
                 time.sleep(1.0)
         raise ClientError(f"lost the event stream of {job_id} {FOLLOW_RECONNECTS} times", exit_code=2)
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The wait a 503 asks for (Retry-After in seconds, capped), or None if it asks for none."""
+    value = response.headers.get("Retry-After", "")
+    if response.status_code != 503 or not value.isdigit():
+        return None
+    return min(float(value), MAX_RETRY_AFTER_SECONDS)
 
 
 def _describe_error(response: httpx.Response) -> str:
@@ -143,7 +172,8 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.is_sqlite:  # the embedded default sets itself up; production runs migrations separately
         ensure_database(settings)
         print(f"admin token: {ensure_admin_token(settings)}", file=sys.stderr)
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port)
+    workers = args.api_workers or settings.api_workers
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=workers)
     return 0
 
 
@@ -257,6 +287,9 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     serve = subparsers.add_parser("serve", help="run the API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-workers", type=positive_int, help="API processes (default $SDFT_API_WORKERS or 2)"
+    )
     serve.set_defaults(func=_serve)
 
     tokens = subparsers.add_parser("tokens", help="API tokens (talks to the database directly)")

@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Execution option marking a session that only reads (see `read_only_sessions`).
+READ_ONLY_OPTION = "sdft_read_only"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -65,25 +67,40 @@ def _configure_sqlite(engine: Engine) -> None:
         # IMMEDIATE takes the write lock up front. A deferred transaction that reads, then writes after
         # another connection committed (the API cancelling a job while a worker logs a step) fails at
         # once with "database is locked": WAL cannot upgrade a stale read snapshot, and busy_timeout
-        # does not apply. Transactions here are short, so serializing them costs little.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # does not apply. Transactions here are short, so serializing them costs little; read-only
+        # ones (GET requests) take no lock at all, so reads never queue behind submissions.
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(
+    database_url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0
+) -> Engine:
+    """The pool arguments are SQLAlchemy's defaults; the API sizes them from Settings."""
     url = make_url(database_url)
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+            engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
+        else:  # in-memory databases use a single-connection pool that takes no size
+            engine = create_engine(url, connect_args={"check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def make_sessionmaker(engine: Engine, info: dict[str, Any] | None = None) -> sessionmaker[Session]:
     """`info` seeds every session's `.info` (app.queue keeps its task producer there)."""
     # expire_on_commit=False: responses are built from objects after the commit.
     return sessionmaker(bind=engine, expire_on_commit=False, info=info or {})
+
+
+def read_only_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for requests that only read: on SQLite they take no write lock (a plain BEGIN)."""
+    return make_sessionmaker(engine.execution_options(**{READ_ONLY_OPTION: True}))
 
 
 # An `after_commit` hook cannot raise (the session is mid-commit); it leaves its error here and
@@ -108,9 +125,17 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise error
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    """Request-scoped session: commits after the handler returns, before the response is sent."""
-    with session_scope(request.app.state.sessionmaker) as session:
+    """Request-scoped session: commits after the handler returns, before the response is sent.
+    GET requests never write (HTTP semantics), so they get a read-only session."""
+    if request.method in SAFE_METHODS:
+        factory = request.app.state.read_sessionmaker
+    else:
+        factory = request.app.state.sessionmaker
+    with session_scope(factory) as session:
         yield session
 
 

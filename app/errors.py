@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,19 @@ class ServiceUnavailable(AppError):
     type = "server_error"
 
 
+# Seconds a client should wait before retrying a request refused because the API is saturated.
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+def busy_error(message: str) -> ServiceUnavailable:
+    """The API is up but saturated: 503 + Retry-After. The request changed nothing; retry it as is."""
+    return ServiceUnavailable(
+        f"{message}; retry after {BUSY_RETRY_AFTER_SECONDS} s (with the same Idempotency-Key)",
+        code="busy",
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+    )
+
+
 def error_response(error: AppError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -125,8 +139,16 @@ def _app_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    if "database is locked" in str(exc):  # SQLite's writer lock stayed busy for the whole busy_timeout
+        log.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(busy_error("the database is busy"))
     log.error("database error on %s %s: %s", request.method, request.url.path, exc)
     return error_response(ServiceUnavailable("the database is unavailable", code="database_unavailable"))
+
+
+def _pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("no database connection for %s %s: %s", request.method, request.url.path, exc)
+    return error_response(busy_error("no database connection was free"))
 
 
 def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
@@ -155,6 +177,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
     app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected)
 

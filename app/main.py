@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI
 
-from app.db import make_engine, make_sessionmaker
+from app.capacity import RequestSlots, request_slots, request_threads
+from app.db import make_engine, make_sessionmaker, read_only_sessions
 from app.errors import ERROR_SCHEMA, install_error_handlers
 from app.files.router import router as files_router
 from app.health import router as health_router
@@ -34,17 +36,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "conflict (idempotency, compare-and-set, state)",
         413: "upload too large",
         422: "invalid input",
+        503: "busy or a dependency is down (Retry-After when busy)",
     }.items()
 }
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     producer = TaskProducer(settings.broker_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # See app.capacity: every admitted request can hold a thread at once.
+        limiter = to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, request_threads(settings))
         yield
         engine.dispose()
 
@@ -58,10 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.producer = producer
     app.state.sessionmaker = make_sessionmaker(engine, info=producer_info(producer))
+    app.state.read_sessionmaker = read_only_sessions(engine)
     app.state.store = make_store(settings.storage_path)
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
+    # Added last, so outermost: a refused request costs no body parsing.
+    app.add_middleware(
+        RequestSlots, slots=request_slots(settings), max_pending=settings.api_max_pending_requests
+    )
     v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(reject_nul_in_url)])
     for router in (files_router, suites_router, jobs_router, models_router, aliases_router):
         v1.include_router(router)

@@ -28,6 +28,16 @@ class Settings(BaseSettings):
     admin_token_path: Path | None = None
 
     max_upload_bytes: int = Field(default=50 * MEGABYTE, ge=1)
+
+    # API capacity, per API process (app.capacity): as many requests run at once as the database pool
+    # has connections; the rest wait in arrival order, at most `api_max_pending_requests` in all,
+    # beyond which the API answers 503 with Retry-After at once.
+    api_workers: int = Field(default=2, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    # Only a connection held outside a request (a stuck SSE poll, a leak) makes a request wait this long.
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    api_max_pending_requests: int = Field(default=256, ge=1)
     # Server-sent events: how often the stream polls the database, sends a keep-alive comment,
     # and how long one stream may stay open before the client must reconnect with Last-Event-ID.
     sse_poll_seconds: float = Field(default=0.5, gt=0)

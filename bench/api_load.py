@@ -8,11 +8,13 @@ in the queue instead of training on the same two cores), then:
    on a fixed schedule whether or not earlier ones returned, so a slow server shows up as latency,
    not as a lower rate. Measured: GET /v1/jobs/{id}, POST /v1/jobs (a distinct Idempotency-Key each),
    and the peer, GET /healthz (no database), at the same rate in the same run.
-2. 1,000 concurrent POST /v1/jobs with distinct Idempotency-Keys, then the same 1,000 again: the jobs
-   table must hold exactly one job per key (created / lost / duplicated = 1000 / 0 / 0) and the
-   second wave must replay every one of them.
+2. once the server is idle again, 1,000 concurrent POST /v1/jobs with distinct Idempotency-Keys (a
+   503 with Retry-After is retried after that wait, with the same key, as a client should), then the
+   same 1,000 again: the jobs table must hold exactly one job per key (created / lost / duplicated =
+   1000 / 0 / 0) and the second wave must replay every one of them.
 
     python bench/api_load.py [--databases sqlite,postgres] [--duration 30] [--rates 50,200]
+                             [--burst 1000] [--api-workers N] [--out FILE.json]
 
 Prints a table; the figures go in docs/benchmarks.md. Target: p99 of the GET under 20 ms at 200/s.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raw_http import RawClient, Reply  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from app.examples import SKILLS, load_text  # noqa: E402
 from workers.demo import wait_ready  # noqa: E402
 from workers.models.embedded import DEFAULT_NAME, default_model_dir  # noqa: E402
@@ -47,6 +53,8 @@ from workers.models.embedded import DEFAULT_NAME, default_model_dir  # noqa: E40
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 MAX_IN_FLIGHT = 64
+BURST_ATTEMPTS = 30
+SETTLED_MS = 50.0
 GRACE_SECONDS = 15.0
 
 
@@ -67,8 +75,9 @@ def percentile(values: list[float], q: float) -> float:
 class Service:
     """`sdft up --no-worker` on a fresh data directory, with SQLite or PostgreSQL behind it."""
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, api_workers: int | None) -> None:
         self.database = database
+        self.api_workers = api_workers
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"sdft-load-{database}-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -93,6 +102,8 @@ class Service:
     def __enter__(self) -> Service:
         log = (self.data_dir / "up.log").open("wb")
         command = [str(Path(sys.executable).parent / "sdft"), "up", "--no-worker", "--port", str(self.port)]
+        if self.api_workers is not None:
+            command += ["--api-workers", str(self.api_workers)]
         self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             wait_ready(self.url, self.process, timeout=180)
@@ -157,8 +168,8 @@ def job_body(client: httpx.Client) -> dict[str, Any]:
 
 
 async def open_loop(
-    send: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]],
-    client: httpx.AsyncClient,
+    send: Callable[[RawClient], Awaitable[Reply]],
+    client: RawClient,
     rate: float,
     duration: float,
     expect: int,
@@ -170,19 +181,18 @@ async def open_loop(
     are open at once (httpx's pool slows down quadratically with thousands of queued requests, which
     made the client, not the server, the bottleneck)."""
     latencies: list[float] = []
-    errors = 0
+    failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def one(scheduled: float) -> None:
-        nonlocal errors
         async with gate:
             try:
                 response = await send(client)
-                if response.status_code != expect:
-                    errors += 1
+                if response.status != expect:
+                    failures[str(response.status)] += 1
                     return
-            except httpx.HTTPError:
-                errors += 1
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                failures[type(exc).__name__] += 1
                 return
         latencies.append((time.perf_counter() - scheduled) * 1000)
 
@@ -199,30 +209,65 @@ async def open_loop(
     _, pending = await asyncio.wait(tasks, timeout=GRACE_SECONDS)
     for task in pending:
         task.cancel()
-    errors += len(pending)
+    if pending:
+        failures["unanswered"] += len(pending)
     elapsed = time.perf_counter() - start
     return {
         "sent": total,
         "ok": len(latencies),
-        "errors": errors,
+        "errors": sum(failures.values()),
+        "failures": dict(failures),
         "achieved_rps": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
     }
 
 
-async def burst(client: httpx.AsyncClient, body: dict[str, Any], keys: list[str]) -> dict[str, int]:
-    async def submit(key: str) -> int:
-        response = await client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
-        if response.status_code == 201:
-            return 2 if response.headers.get("Idempotency-Replayed") == "true" else 1
-        return 0
+async def settle(client: RawClient, path: str, timeout: float = 120.0) -> None:
+    """Wait until the server answers `path` within SETTLED_MS: a saturated phase leaves requests queued
+    on the server after the client gave up on them, and the burst must start on an idle server."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+            await client.get(path)
+            if (time.perf_counter() - started) * 1000 < SETTLED_MS:
+                return
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the server still answers {path} slowly after {timeout:.0f} s")
 
-    outcomes = await asyncio.gather(*(submit(key) for key in keys), return_exceptions=True)
+
+async def burst(client: RawClient, body: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Every key submitted at once, each retried as a client should: on 503 with Retry-After, with the
+    same Idempotency-Key, up to BURST_ATTEMPTS times. Failures are counted by status (or exception)."""
+    retries = 0
+    failures: Counter[str] = Counter()
+
+    async def submit(key: str) -> str:
+        nonlocal retries
+        for _attempt in range(BURST_ATTEMPTS):
+            try:
+                response = await client.post("/v1/jobs", body, headers={"Idempotency-Key": key})
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                failures[type(exc).__name__] += 1
+                return "failed"
+            if response.status == 201:
+                return "replayed" if response.headers.get("idempotency-replayed") == "true" else "created"
+            retry_after = response.headers.get("retry-after")
+            if response.status != 503 or retry_after is None:
+                break
+            retries += 1
+            await asyncio.sleep(float(retry_after))
+        failures[str(response.status)] += 1
+        return "failed"
+
+    outcomes = Counter(await asyncio.gather(*(submit(key) for key in keys)))
     return {
-        "created": sum(1 for o in outcomes if o == 1),
-        "replayed": sum(1 for o in outcomes if o == 2),
-        "failed": sum(1 for o in outcomes if not isinstance(o, int) or o == 0),
+        "created": outcomes["created"],
+        "replayed": outcomes["replayed"],
+        "failed": outcomes["failed"],
+        "retries_after_503": retries,
+        "failures": dict(failures),
     }
 
 
@@ -233,34 +278,39 @@ async def measure(service: Service, rates: list[float], duration: float, burst_s
         seeded = client.post("/v1/jobs", json=body)
         seeded.raise_for_status()
         job_id = seeded.json()["id"]
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     results: dict[str, Any] = {"load": []}
-    async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=60, limits=limits) as client:
+    client = RawClient(service.url, headers, timeout=60)
+    try:
         for _ in range(20):  # warm the server's code paths and the connection pool
             await client.get(f"/v1/jobs/{job_id}")
-        for rate in rates if duration > 0 else []:
-            for name, send, expect in (
-                ("GET /healthz (peer)", lambda c: c.get("/healthz"), 200),
-                ("GET /v1/jobs/{id}", lambda c: c.get(f"/v1/jobs/{job_id}"), 200),
-                (
-                    "POST /v1/jobs",
-                    lambda c: c.post("/v1/jobs", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}),
-                    201,
-                ),
-            ):
+        # Reads first, at every rate, then writes: a saturated write phase leaves work behind (a
+        # backlog, PostgreSQL's autovacuum, SQLite's WAL checkpoint) that would land in a later phase.
+        for name, send, expect in (
+            ("GET /healthz (peer)", lambda c: c.get("/healthz"), 200),
+            ("GET /v1/jobs/{id}", lambda c: c.get(f"/v1/jobs/{job_id}"), 200),
+            (
+                "POST /v1/jobs",
+                lambda c: c.post("/v1/jobs", body, headers={"Idempotency-Key": uuid.uuid4().hex}),
+                201,
+            ),
+        ):
+            for rate in rates if duration > 0 else []:
                 row = await open_loop(send, client, rate, duration, expect)
                 results["load"].append({"endpoint": name, "rate": rate, **row})
                 print(
                     f"  {service.database:<8} {name:<22} {rate:>5.0f}/s  p50 {row['p50_ms']:6.1f} ms  "
-                    f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}",
+                    f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']} {row['failures'] or ''}",
                     flush=True,
                 )
+        await settle(client, f"/v1/jobs/{job_id}")
         prefix = f"burst-{uuid.uuid4().hex[:6]}-"
         keys = [f"{prefix}{i}" for i in range(burst_size)]
         started = time.perf_counter()
         first = await burst(client, body, keys)
         seconds = time.perf_counter() - started
         second = await burst(client, body, keys)
+    finally:
+        await client.close()
     with_job, duplicated, jobs = service.job_counts(prefix)
     results["burst"] = {
         "keys": burst_size,
@@ -275,6 +325,14 @@ async def measure(service: Service, rates: list[float], duration: float, burst_s
     return results
 
 
+def describe_errors(row: dict[str, Any]) -> str:
+    """`0`, or the count with its causes: `12 (503: 10, ReadTimeout: 2)`."""
+    if not row["errors"]:
+        return "0"
+    causes = ", ".join(f"{cause}: {count}" for cause, count in sorted(row["failures"].items()))
+    return f"{row['errors']} ({causes})"
+
+
 def render(all_results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| database | endpoint | rate/s | achieved/s | p50 ms | p99 ms | errors | p99 / peer p99 |",
@@ -286,18 +344,19 @@ def render(all_results: dict[str, dict[str, Any]]) -> str:
             ratio = "" if "peer" in row["endpoint"] else f"{row['p99_ms'] / peers[row['rate']]:.1f}"
             lines.append(
                 f"| {database} | {row['endpoint']} | {row['rate']:.0f} | {row['achieved_rps']:.0f} | "
-                f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {ratio} |"
+                f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {describe_errors(row)} | {ratio} |"
             )
     lines += [
         "",
-        "| database | concurrent submissions | created | lost | duplicated | seconds | replayed on resend |",
-        "|---|---|---|---|---|---|---|",
+        "| database | concurrent submissions | created | lost | duplicated | seconds | 503 retries | "
+        "replayed on resend |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for database, results in all_results.items():
         b = results["burst"]
         lines.append(
             f"| {database} | {b['keys']} | {b['created']} | {b['lost']} | {b['duplicated']} | "
-            f"{b['seconds']:.1f} | {b['second_wave']['replayed']} |"
+            f"{b['seconds']:.1f} | {b['first_wave']['retries_after_503']} | {b['second_wave']['replayed']} |"
         )
     return "\n".join(lines)
 
@@ -312,6 +371,7 @@ def main() -> int:
     )
     parser.add_argument("--rates", default="50,200")
     parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--api-workers", type=int, help="API processes (default: sdft up's default)")
     parser.add_argument("--out", help="write the raw figures as JSON here")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",")]
@@ -320,7 +380,7 @@ def main() -> int:
         if database not in ("sqlite", "postgres"):
             parser.error(f"--databases: unknown database {database!r} (sqlite, postgres)")
         print(f"{database}: starting sdft up --no-worker", flush=True)
-        with Service(database) as service:
+        with Service(database, args.api_workers) as service:
             all_results[database] = asyncio.run(measure(service, rates, args.duration, args.burst))
     print()
     print(render(all_results))

@@ -48,4 +48,8 @@ EXPOSE 8000
 # Liveness only (no database or broker check): the compose file probes /readyz instead.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# Several processes: one saturates a core near 150 requests/s (docs/benchmarks.md). WEB_CONCURRENCY
+# (uvicorn's variable) overrides the count; each process opens up to SDFT_DB_POOL_SIZE + SDFT_DB_MAX_OVERFLOW
+# database connections, so keep workers x that under PostgreSQL's max_connections.
+ENV WEB_CONCURRENCY=4
 CMD ["uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0", "--port", "8000"]

@@ -340,3 +340,17 @@ def test_docker_compose_validates_the_file() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_postgres_accepts_every_api_connection_with_room_for_workers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from app.capacity import request_slots
+    from app.settings import Settings
+
+    api_env = dict(arg.split("=", 1) for kw, arg in dockerfile_instructions(API_DOCKERFILE) if kw == "ENV")
+    api_processes = int(api_env["WEB_CONCURRENCY"])
+    command = services["postgres"]["command"]
+    max_connections = int(command[command.index("-c") + 1].removeprefix("max_connections="))
+    worker_room = 50  # Celery workers and the reaper: a SQLAlchemy pool of at most 15 each
+    assert api_processes * request_slots(Settings()) + worker_room <= max_connections

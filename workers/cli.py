@@ -272,7 +272,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from app.settings import get_settings
     from workers.embedded import up
 
-    return up(get_settings(), args.host, args.port, worker=not args.no_worker)
+    return up(get_settings(), args.host, args.port, worker=not args.no_worker, api_workers=args.api_workers)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -356,7 +356,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.client import add_client_commands
+    from app.client import add_client_commands, positive_int
 
     parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
     up.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
+    up.add_argument("--api-workers", type=positive_int, help="API processes (default $SDFT_API_WORKERS or 2)")
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser(

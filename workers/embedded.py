@@ -102,7 +102,9 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-def up(settings: Settings, host: str, port: int, *, worker: bool = True) -> int:
+def up(
+    settings: Settings, host: str, port: int, *, worker: bool = True, api_workers: int | None = None
+) -> int:
     import uvicorn
 
     booted = bootstrap(settings)
@@ -117,9 +119,16 @@ def up(settings: Settings, host: str, port: int, *, worker: bool = True) -> int:
         print(f"sdft: worker pid {process.pid}, log {settings.data_dir / 'worker.log'}", file=sys.stderr)
     else:
         print("sdft: no worker started (--no-worker): jobs wait in the queue", file=sys.stderr)
-    print(f"sdft: API on http://{host}:{port} (docs at /docs); Ctrl-C stops it", file=sys.stderr)
+    workers = api_workers or settings.api_workers
+    print(
+        f"sdft: API on http://{host}:{port} ({workers} process{'es' if workers > 1 else ''}, "
+        "docs at /docs); Ctrl-C stops it",
+        file=sys.stderr,
+    )
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, log_level="warning")
+        uvicorn.run(
+            "app.main:create_app", factory=True, host=host, port=port, log_level="warning", workers=workers
+        )
     finally:
         if process is not None:
             stop_worker(process)

@@ -124,7 +124,7 @@ async def _event_stream(
 
     The status is read before the events, so once a terminal status is seen, one more empty read
     proves every event of the job was sent (workers write the final event with the final status)."""
-    sessionmaker = request.app.state.sessionmaker
+    sessionmaker = request.app.state.read_sessionmaker  # polls only read
 
     def fetch(after: int) -> tuple[str, list[JobEvent]]:
         with sessionmaker() as session:
