@@ -308,7 +308,7 @@ def cmd_experiment_continual(args: argparse.Namespace) -> int:
     engine = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
     settings["rollout_backend"] = args.rollout_backend or engine
     settings["eval_backend"] = args.eval_backend or engine
-    for key in ("seeds", "max_steps", "teacher", "teacher_template"):
+    for key in ("seeds", "max_steps", "teacher", "teacher_template", "label"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     try:
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     continual.add_argument("--skill", action="append", help="repeatable; default knowledge, format, tool-use")
     continual.add_argument("--learning-rate", action="append", type=float, help="repeatable: the grid")
     continual.add_argument("--max-steps", type=int, help="optimizer steps per stage (default 20)")
+    continual.add_argument(
+        "--label", help="names the report files and the work dir (default continual, continual-quick)"
+    )
     continual.add_argument("--teacher", choices=["frozen", "ema"], help="SDFT teacher (default frozen)")
     continual.add_argument(
         "--rollout-backend",

@@ -8,6 +8,7 @@ report can be re-rendered from the JSON alone and every rule is unit-tested.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from app.evaluation.forgetting import ForgettingMatrix, SuiteScore, VersionScore
 
 RAW_FORMAT = "continual-experiment/1"
 METHODS = ("sdft", "sft")
+LABEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class ExperimentPlan:
             problems.append(f"max_new_tokens: no length cap for {', '.join(missing)}")
         if self.batch_size < 1:
             problems.append(f"batch_size: must be at least 1, got {self.batch_size}")
+        if not LABEL_PATTERN.fullmatch(self.label):
+            problems.append(
+                f"label: {self.label!r} must be lower-case letters, digits, '.', '_' or '-' (it names files)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

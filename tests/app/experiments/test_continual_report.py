@@ -33,10 +33,23 @@ def test_choose_learning_rate_needs_scores() -> None:
 def test_plan_names_every_bad_field() -> None:
     with pytest.raises(ValueError) as error:
         ExperimentPlan(
-            skills=("a", "a"), methods=("sdft", "dpo"), seeds=0, learning_rates=(-1.0,), max_steps=0
+            skills=("a", "a"),
+            methods=("sdft", "dpo"),
+            seeds=0,
+            learning_rates=(-1.0,),
+            max_steps=0,
+            label="../escape",
         )
     message = str(error.value)
-    for field in ("skills:", "methods:", "seeds:", "learning_rates:", "max_steps:", "max_new_tokens:"):
+    for field in (
+        "skills:",
+        "methods:",
+        "seeds:",
+        "learning_rates:",
+        "max_steps:",
+        "max_new_tokens:",
+        "label:",
+    ):
         assert field in message
 
 
