@@ -86,10 +86,12 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     )
     factory = None
     if args.rollout_backend != "transformers":
-        from app.contracts.rollout_settings import RolloutSettings
+        from app.contracts.rollout_settings import rollout_settings_from_env
         from workers.rollout.factory import make_backend_factory
 
-        factory = make_backend_factory(RolloutSettings(backend=args.rollout_backend))
+        # The worker's own settings (SDFT_ROLLOUT_* variables), as a job would run them.
+        settings = rollout_settings_from_env().with_overrides({"backend": args.rollout_backend})
+        factory = make_backend_factory(settings)
     with tempfile.TemporaryDirectory() as out:
         reset_peak_rss()
         run_stage(

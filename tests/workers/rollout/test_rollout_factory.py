@@ -18,7 +18,10 @@ from workers.rollout.factory import make_backend_factory
 
 def test_defaults_are_the_transformers_backend_synced_every_step() -> None:
     s = RolloutSettings()
-    assert s.backend == "transformers" and s.sync_every == 1 and s.engine_dtype == "bfloat16"
+    assert s.backend == "transformers" and s.sync_every == 1
+    assert s.engine_dtype(native_bf16=True) == "bfloat16"
+    assert s.engine_dtype(native_bf16=False) == "float32"
+    assert s.with_overrides({"dtype": "bfloat16"}).engine_dtype(native_bf16=False) == "bfloat16"
     assert make_backend_factory(s) is None
 
 

@@ -29,6 +29,7 @@ from workers.rollout.vllm_engine import (
     INSTALL_HINT,
     VllmEngineBackend,
     VllmUnavailable,
+    cpu_has_native_bf16,
     lora_rank_slot,
     merged_lora_weights,
     plan_weight_chunks,
@@ -37,6 +38,18 @@ from workers.rollout.vllm_engine import (
 )
 
 # -- pure parts (no vLLM needed) ----------------------------------------------------------------
+
+
+def test_native_bf16_is_read_from_the_cpu_flags() -> None:
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    avx512_bf16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    sapphire_rapids = "flags\t\t: avx512f amx_tile amx_bf16\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert not cpu_has_native_bf16(avx2_only)
+    assert cpu_has_native_bf16(avx512_bf16)
+    assert cpu_has_native_bf16(sapphire_rapids)
+    assert cpu_has_native_bf16(graviton3)
+    assert not cpu_has_native_bf16("")
 
 
 def test_weight_chunks_keep_order_respect_the_budget_and_cover_every_tensor() -> None:
