@@ -44,7 +44,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from raw_http import RawClient, Reply  # noqa: E402  (bench/ is on sys.path when run as a script)
+from raw_http import TRANSPORT_ERRORS, RawClient, Reply  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from app.examples import SKILLS, load_text  # noqa: E402
 from workers.demo import wait_ready  # noqa: E402
@@ -191,7 +191,7 @@ async def open_loop(
                 if response.status != expect:
                     failures[str(response.status)] += 1
                     return
-            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 failures[type(exc).__name__] += 1
                 return
         latencies.append((time.perf_counter() - scheduled) * 1000)
@@ -229,7 +229,7 @@ async def settle(client: RawClient, path: str, timeout: float = 120.0) -> None:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+        with contextlib.suppress(*TRANSPORT_ERRORS):
             await client.get(path)
             if (time.perf_counter() - started) * 1000 < SETTLED_MS:
                 return
@@ -248,7 +248,7 @@ async def burst(client: RawClient, body: dict[str, Any], keys: list[str]) -> dic
         for _attempt in range(BURST_ATTEMPTS):
             try:
                 response = await client.post("/v1/jobs", body, headers={"Idempotency-Key": key})
-            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 failures[type(exc).__name__] += 1
                 return "failed"
             if response.status == 201:

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+# What a request through RawClient can fail with: refused or reset connections, a reply cut short,
+# the per-request timeout.
+TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, TimeoutError)
+
 
 @dataclass(frozen=True)
 class Reply:

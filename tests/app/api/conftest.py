@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,9 +303,9 @@ class LiveServer:
     url: str
 
 
-@pytest.fixture(scope="session")
-def live_server(app: FastAPI) -> Iterator[LiveServer]:
-    """The same app served by uvicorn on a free port in a thread: real HTTP streaming for SSE and the CLI."""
+@contextmanager
+def serve_in_thread(app: FastAPI) -> Iterator[LiveServer]:
+    """`app` served by uvicorn on a free port in a thread (the caller owns the app's lifespan)."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -315,6 +316,15 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield LiveServer(url=f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(app: FastAPI) -> Iterator[LiveServer]:
+    """The same app over real HTTP: streaming for SSE and the CLI."""
+    with serve_in_thread(app) as server:
+        yield server

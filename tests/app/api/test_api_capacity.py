@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
@@ -21,6 +20,8 @@ from app.capacity import RequestSlots, request_slots
 from app.client import ApiClient, ClientError, retry_after_seconds
 from app.main import create_app
 from app.settings import Settings
+
+from .conftest import serve_in_thread
 
 # --------------------------------------------------------------------------- the middleware alone
 
@@ -171,17 +172,8 @@ def test_sqlite_reads_do_not_wait_for_the_writer_lock(
 
 @pytest.fixture()
 def tight_server(tight_app: FastAPI) -> Iterator[str]:
-    config = uvicorn.Config(tight_app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(tight_app) as server:
+        yield server.url
 
 
 def test_the_client_retries_a_busy_read_and_not_a_write_without_a_key(
