@@ -29,11 +29,12 @@ BROKER_TIMEOUT_SECONDS = 5.0
 class TaskName(StrEnum):
     """Names the workers register their tasks under; renaming one is a breaking change."""
 
-    RUN_JOB = "sdft.jobs.run"  # sent by the API for a new job; validates it and queues training
-    TRAIN_JOB = "sdft.jobs.train"  # sent by workers once a job is queued; runs its stages on a GPU
+    # The wire names stay as first published: renaming a task breaks messages already in flight.
+    VALIDATE_JOB = "sdft.jobs.run"  # sent by the API for a new job; validates it and queues training
+    TRAIN_JOB = "sdft.jobs.train"  # sent once a job is queued: trains, evaluates, gates, promotes
 
 
-TASK_QUEUES: dict[TaskName, str] = {TaskName.RUN_JOB: "default", TaskName.TRAIN_JOB: "gpu"}
+TASK_QUEUES: dict[TaskName, str] = {TaskName.VALIDATE_JOB: "default", TaskName.TRAIN_JOB: "gpu"}
 
 
 class TaskNotSent(ServiceUnavailable):

@@ -48,7 +48,7 @@ from raw_http import TRANSPORT_ERRORS, RawClient, Reply  # noqa: E402  (bench/ i
 
 from app.examples import SKILLS, load_text  # noqa: E402
 from workers.demo import wait_ready  # noqa: E402
-from workers.models.embedded import DEFAULT_NAME, default_model_dir  # noqa: E402
+from workers.models.smollm2 import DEFAULT_NAME, default_model_dir  # noqa: E402
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/14"

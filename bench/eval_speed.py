@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.model is None:
-        from workers.models.embedded import import_default
+        from workers.models.smollm2 import import_default
 
         args.model = str(import_default())
     if args.child:

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # pragma: no cover - needs
     import torch
 
     from app.contracts.rollout_settings import RolloutSettings
-    from app.contracts.stage_config import StageConfig
+    from app.training.stage_config import StageConfig
     from workers.models.loading import default_placement, load_tokenizer, stop_token_ids
     from workers.rollout.base import SamplingParams
     from workers.rollout.factory import make_backend_factory

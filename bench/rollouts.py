@@ -35,7 +35,7 @@ import torch
 
 from app.contracts.demonstrations import parse_demonstrations
 from app.contracts.rollout_settings import RolloutSettings
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
 from workers.models.loading import default_placement, load_model, load_tokenizer, stop_token_ids
 from workers.rollout.base import Completion, RolloutBackend, SamplingParams
 from workers.rollout.factory import make_backend_factory

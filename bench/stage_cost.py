@@ -54,7 +54,7 @@ def model_dir(name: str, workdir: Path) -> Path:
         from workers.models.tiny import write_tiny_model_dir
 
         return write_tiny_model_dir(workdir / "tiny", hidden_size=256, layers=4)
-    from workers.models.embedded import import_default
+    from workers.models.smollm2 import import_default
 
     return import_default()
 
@@ -66,7 +66,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from app.contracts.demonstrations import parse_demonstrations
-    from app.contracts.stage_config import StageConfig
+    from app.training.stage_config import StageConfig
     from workers.training.loop import StepMetrics, run_stage
 
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from app.contracts.stage_config import PAPER_TEACHER_TEMPLATE
+    from app.training.stage_config import PAPER_TEACHER_TEMPLATE
 
     torch.manual_seed(0)
     step_times: list[float] = []
@@ -185,7 +185,7 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
 def child_loss(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from workers.training import losses
+    from workers.training import chunked_head, divergences
 
     torch.manual_seed(0)
     n, h, v = args.tokens, args.hidden, args.vocab
@@ -198,15 +198,15 @@ def child_loss(args: argparse.Namespace) -> dict[str, Any]:
     base = peak_rss_mb()
     started = time.perf_counter()
     if args.variant == "chunked":
-        token_loss = losses.distillation_token_loss(teacher_hidden, weight.detach(), divergence="forward_kl")
-        loss = losses.chunked_lm_head_loss(
+        token_loss = chunked_head.distillation_token_loss(teacher_hidden, weight.detach(), divergence="forward_kl")
+        loss = chunked_head.chunked_lm_head_loss(
             hidden, weight, token_weights, token_loss=token_loss, chunk_size=256
         )
     else:
         student_logits = hidden @ weight.T
         with torch.no_grad():
             teacher_logits = teacher_hidden @ weight.detach().T
-        loss = losses.naive_distillation_loss(
+        loss = divergences.naive_distillation_loss(
             student_logits, teacher_logits, token_weights, divergence="forward_kl"
         )
     loss.backward()

@@ -19,7 +19,7 @@ import httpx
 
 from app.examples import GENERAL_DEMO_SUITE, SKILLS, load_text
 from app.settings import Settings
-from workers.embedded import DEFAULT_ALIAS, bootstrap, start_worker, stop_worker
+from workers.local_service import DEFAULT_ALIAS, bootstrap, start_worker, stop_worker
 
 # Sized for a 2-core CPU: LoRA keeps checkpoints small, a few steps per stage keep it within minutes.
 # A frozen teacher kept general knowledge best at this size (shared/reference/small-scale-probes.md);

@@ -1,10 +1,13 @@
-"""Re-enqueue jobs whose worker died: status running or evaluating, and nobody renews their lease.
+"""Re-send jobs nobody is working on: queued, running or evaluating, with no live job lease, untouched
+for a lease's lifetime.
 
 A worker killed with SIGKILL cannot reject its message; the broker may hold it unacknowledged until
 the visibility timeout (hours, so that long jobs are never run twice). The job lease expires within
-`lease_ttl_seconds` instead, and any worker's reaper then sends the job again; the task that receives
-it resumes the stage from its last checkpoint. A duplicate message is harmless: a job is run only by
-the holder of its lease.
+`lease_ttl_seconds` instead, and a reaper then sends the job again; the task that receives it resumes
+the stage from its last checkpoint. A queued job whose message was lost (a broker restart) is sent
+again the same way. Every worker runs a reaper, but a job is re-sent once per lease lifetime, by the
+reaper that takes its short `reap:` lease first; a duplicate message is harmless anyway (a job is run
+only by the holder of its lease), and a job re-delivered too often is failed by the task.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from app.leases import service as leases
 from app.queue import TaskName, TaskProducer
 
 log = logging.getLogger(__name__)
-RESUMABLE = (JobStatus.RUNNING, JobStatus.EVALUATING)
+RESUMABLE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.EVALUATING)
 
 
 def orphaned_jobs(session: Session, *, stale_after_seconds: float) -> list[str]:
@@ -34,12 +37,20 @@ def orphaned_jobs(session: Session, *, stale_after_seconds: float) -> list[str]:
     return [job_id for job_id in candidates if leases.holder(session, leases.job_key(job_id)) is None]
 
 
-def reap_once(session: Session, producer: TaskProducer, *, stale_after_seconds: float) -> list[str]:
-    orphans = orphaned_jobs(session, stale_after_seconds=stale_after_seconds)
-    for job_id in orphans:
-        log.warning("re-enqueueing %s: its worker stopped renewing the lease", job_id)
+def reap_once(
+    session: Session, producer: TaskProducer, *, stale_after_seconds: float, reaper_id: str = "reaper"
+) -> list[str]:
+    """Re-send each orphan this reaper wins the `reap:` lease of (held for a lease lifetime)."""
+    sent = []
+    for job_id in orphaned_jobs(session, stale_after_seconds=stale_after_seconds):
+        if not leases.acquire(
+            session, key=f"reap:{job_id}", owner=reaper_id, job_id=job_id, ttl_seconds=stale_after_seconds
+        ):
+            continue  # another reaper re-sent it within the last lease lifetime
+        log.warning("re-sending %s: no worker holds its lease", job_id)
         producer.send(TaskName.TRAIN_JOB, job_id)
-    return orphans
+        sent.append(job_id)
+    return sent
 
 
 class Reaper(threading.Thread):
@@ -55,10 +66,13 @@ class Reaper(threading.Thread):
 
     def run(self) -> None:
         from app.db import session_scope
+        from workers.jobs.context import worker_id
 
         while not self.stopped.wait(self.interval):
             try:
                 with session_scope(self.sessions) as session:  # type: ignore[arg-type]
-                    reap_once(session, self.producer, stale_after_seconds=self.stale_after)
+                    reap_once(
+                        session, self.producer, stale_after_seconds=self.stale_after, reaper_id=worker_id()
+                    )
             except Exception as exc:  # the database or broker is down: try again next round
                 log.warning("reaper round failed: %s", exc)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from app.contracts.stage_config import PAPER_TEACHER_TEMPLATE
+from app.training.stage_config import PAPER_TEACHER_TEMPLATE
 
 # Phrases seen leaking in the 135M probes, beyond the template's own sentences.
 OBSERVED_LEAKAGE_PHRASES: tuple[str, ...] = (

@@ -109,6 +109,11 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def decoding_hash(decoding: Mapping[str, Any]) -> str:
+    """sha256 hex of an effective decoding: with the checkpoint and suite sha it names a score."""
+    return hashlib.sha256(_canonical_json(dict(decoding)).encode("utf-8")).hexdigest()
+
+
 def eval_cache_key(model_sha256: str, suite_sha256: str, decoding: Mapping[str, Any]) -> str:
     """sha256 hex naming one (model checkpoint, suite, decoding) evaluation; the same for every cache."""
     payload = {

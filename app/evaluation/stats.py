@@ -103,3 +103,21 @@ def derive_seed(seed: int, key: str) -> int:
     """A 63-bit seed derived from (seed, key), so independent streams stay reproducible."""
     digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (1..10); beyond that 1.96 is close enough
+# for a report. Runs over seeds are few: the interval must widen accordingly.
+_T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def mean_t_interval(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) of a 95% Student-t interval over independent runs (e.g. seeds); the bounds
+    are None for a single run."""
+    array = _as_array(values, "values")
+    mean = float(np.mean(array))
+    if array.size == 1:
+        return mean, None, None
+    df = array.size - 1
+    quantile = _T_975[df - 1] if df <= len(_T_975) else 1.96
+    half = quantile * float(np.std(array, ddof=1)) / float(np.sqrt(array.size))
+    return mean, mean - half, mean + half

@@ -180,6 +180,14 @@ GENERAL_SUITE = SuiteData(
     tolerance=5.0,
     max_new_tokens=48,
 )
+GENERAL_VALIDATION_SUITE = SuiteData(
+    name="general-val",
+    description="40 other easy general questions of the same kinds, for choosing hyperparameters only.",
+    file="general_val.jsonl",
+    grader="contains",
+    tolerance=5.0,
+    max_new_tokens=48,
+)
 GENERAL_DEMO_SUITE = SuiteData(
     name="general-demo",
     description="20 of the general questions, for the CPU demo.",

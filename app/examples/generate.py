@@ -22,8 +22,6 @@ from app.evaluation.graders import tool_call_reference_from_golden
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TOOLALPACA_FILE = "toolalpaca-eval.jsonl"
-# Where the project's shared reference data sits, relative to the repository root.
-SHARED_TOOLALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / TOOLALPACA_FILE
 
 Row = dict[str, Any]
 
@@ -616,6 +614,50 @@ GENERAL_ARITHMETIC: tuple[tuple[str, int, str], ...] = (
 )
 # One arithmetic row after every this many other rows, so any slice of the suite mixes both kinds.
 GENERAL_ARITHMETIC_AFTER = 5
+# The general validation suite: other easy questions of the same kinds, used only to choose
+# hyperparameters (the continual-learning experiment's learning rate), never to report forgetting.
+GENERAL_VALIDATION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What is the capital of Sweden?", ("Stockholm",)),
+    ("What is the capital of Poland?", ("Warsaw",)),
+    ("What is the capital of Argentina?", ("Buenos Aires",)),
+    ("What is the capital of Kenya?", ("Nairobi",)),
+    ("What is the capital of Finland?", ("Helsinki",)),
+    ("What is the capital of Denmark?", ("Copenhagen",)),
+    ("What is the capital of Mexico?", ("Mexico City",)),
+    ("What is the capital of India?", ("New Delhi", "Delhi")),
+    ("What colour is coal?", ("black",)),
+    ("What colour is an orange?", ("orange",)),
+    ("What colour are most leaves in summer?", ("green",)),
+    ("What is the opposite of wet?", ("dry",)),
+    ("What is the opposite of old?", ("young", "new")),
+    ("What is the opposite of light?", ("dark", "heavy")),
+    ("What is the opposite of early?", ("late",)),
+    ("What is the opposite of full?", ("empty",)),
+    ("What sound does a horse make?", ("neigh", "neighs", "whinny")),
+    ("What sound does a pig make?", ("oink", "oinks", "grunt")),
+    ("What sound does an owl make?", ("hoot", "hoots")),
+    ("What day comes after Friday?", ("Saturday",)),
+    ("What is the last month of the year?", ("December",)),
+    ("How many seconds are in a minute?", ("60", "sixty")),
+    ("What month comes before June?", ("May",)),
+    ("What do caterpillars become?", ("butterfly", "butterflies", "moth")),
+    ("Which planet has rings that are easy to see?", ("Saturn",)),
+    ("What is the closest star to Earth?", ("Sun",)),
+    ("What do we call water falling from clouds?", ("rain",)),
+    ("How many legs does an insect have?", ("six", "6")),
+    ("What do cows eat?", ("grass", "hay")),
+    ("What is the largest continent?", ("Asia",)),
+    ("What language is spoken in France?", ("French",)),
+    ("What do you call a baby cow?", ("calf",)),
+    ("What do you call a baby sheep?", ("lamb",)),
+    ("How many wheels does a bicycle have?", ("two", "2")),
+    ("What is 3 + 4?", ("7", "seven")),
+    ("What is 8 - 5?", ("3", "three")),
+    ("What is 2 × 4?", ("8", "eight")),
+    ("What is 6 + 6?", ("12", "twelve")),
+    ("What is 20 - 10?", ("10", "ten")),
+    ("What is 5 × 2?", ("10", "ten")),
+)
 # The demo's general suite: 20 rows across the categories, each answered correctly by the embedded
 # base (SmolLM2-135M-Instruct, greedy, 48 new tokens) when the data was written, so that forgetting
 # shows as a drop. The full general.jsonl keeps the questions the base misses as well.
@@ -639,7 +681,15 @@ def general_rows() -> dict[str, list[Row]]:
     ordered += arithmetic
     rows = [{"id": f"general-{index:03d}", **row} for index, row in enumerate(ordered, start=1)]
     by_id = {row["id"]: row for row in rows}
-    return {"general.jsonl": rows, "general_demo.jsonl": [by_id[row_id] for row_id in GENERAL_DEMO_IDS]}
+    validation: list[Row] = [
+        {"id": f"general-val-{index:03d}", "prompt": q, "reference": list(refs)}
+        for index, (q, refs) in enumerate(GENERAL_VALIDATION, start=1)
+    ]
+    return {
+        "general.jsonl": rows,
+        "general_demo.jsonl": [by_id[row_id] for row_id in GENERAL_DEMO_IDS],
+        "general_val.jsonl": validation,
+    }
 
 
 # --------------------------------------------------------------------------- writing
@@ -657,15 +707,10 @@ def all_files(source_text: str) -> dict[str, str]:
     return {name: render_jsonl(rows) for name, rows in sorted(files.items())}
 
 
-def default_source() -> Path:
-    """The shared reference copy when this checkout has one, else the copy shipped in the package."""
-    return SHARED_TOOLALPACA if SHARED_TOOLALPACA.is_file() else DATA_DIR / TOOLALPACA_FILE
-
-
 def main(out_dir: Path | str | None = None, source: Path | str | None = None) -> list[Path]:
     """Write every data file into out_dir (default: the package's data/); returns the paths written."""
     out = Path(out_dir) if out_dir is not None else DATA_DIR
-    src = Path(source) if source is not None else default_source()
+    src = Path(source) if source is not None else DATA_DIR / TOOLALPACA_FILE
     out.mkdir(parents=True, exist_ok=True)
     source_bytes = src.read_bytes()
     written: list[Path] = []

@@ -24,6 +24,8 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     candidate_version_ids: Mapped[list[str]] = mapped_column(JSONDoc)
+    # Training-task deliveries so far: a task that keeps killing its worker is failed, not re-sent forever.
+    deliveries: Mapped[int] = mapped_column(default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int]

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from app.inputs import RequestModel
 from app.jobs.models import Job, JobEvent
 from app.registry.aliases import ALIAS_NAME_PATTERN
+from app.training.stage_config import Method
 
 SKILL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -15,7 +16,11 @@ class StageCreate(RequestModel):
     skill: str = Field(pattern=SKILL_PATTERN, examples=["tool-use"])
     training_file: str = Field(max_length=100, description="id of a ready demonstrations file")
     suites: list[str] = Field(min_length=1, max_length=32, description="the new skill's suites (suite ids)")
-    method: Literal["sdft", "sft"] = "sdft"
+    method: Method = Field(
+        default="auto",
+        description="auto (default): the teacher-readiness probe picks sdft when the teacher can teach "
+        "this model, else sft_retain; or sdft, sft, sft_retain, sft_restore",
+    )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description='StageConfig keys; any value may be "auto" or omitted'
     )

@@ -18,10 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from app.auth.service import Principal
-from app.contracts.stage_config import ConfigError, parse_stage_config, resolve
+from app.auth.service import Principal, Scope
 from app.db import new_id, now
-from app.errors import Conflict, NotFound, Unprocessable
+from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.files import service as files
 from app.files.service import FilePurpose
 from app.jobs.models import Job, JobEvent, JobTransition
@@ -29,7 +28,9 @@ from app.jobs.schemas import JobCreate, StageCreate
 from app.jobs.states import JobStatus, check_transition, is_terminal
 from app.queue import TaskName, enqueue_after_commit
 from app.registry import service as registry
+from app.registry.models import Alias
 from app.suites import service as suites
+from app.training.stage_config import ConfigError, parse_stage_config, resolve
 
 # Columns a worker may set along with a status move (status and timestamps are managed here).
 JOB_FIELDS = frozenset({"current_stage", "step", "total_steps", "metrics", "error", "candidate_version_ids"})
@@ -93,7 +94,22 @@ def _validated_stage(session: Session, stage: StageCreate, index: int) -> dict[s
     }
 
 
-def _validated_request(session: Session, body: JobCreate) -> tuple[str, dict[str, Any]]:
+def _promotion_target(session: Session, principal: Principal, body: JobCreate) -> str | None:
+    """The version `auto_promote`'s alias points at now (None: it does not exist yet), recorded so the
+    job moves it only if nobody moved it meanwhile. Moving an alias needs the models:promote scope."""
+    if body.auto_promote is None:
+        return None
+    if not principal.has(Scope.MODELS_PROMOTE):
+        raise Forbidden(
+            "auto_promote moves an alias, which needs the models:promote scope",
+            code="insufficient_scope",
+            param="auto_promote",
+        )
+    alias = session.get(Alias, body.auto_promote)
+    return None if alias is None else alias.model_version_id
+
+
+def _validated_request(session: Session, principal: Principal, body: JobCreate) -> tuple[str, dict[str, Any]]:
     base = registry.resolve_version_ref(session, body.base, param="base")
     skills: set[str] = set()
     stages = []
@@ -112,6 +128,7 @@ def _validated_request(session: Session, body: JobCreate) -> tuple[str, dict[str
         "stages": stages,
         "general_suites": body.general_suites,
         "auto_promote": body.auto_promote,
+        "auto_promote_expected": _promotion_target(session, principal, body),
         "require_improvement": body.require_improvement,
     }
     return base.id, request
@@ -144,9 +161,9 @@ def create_job(
         existing = _replay(session, principal, idempotency_key, body_sha256)
         if existing is not None:
             if existing.status == JobStatus.VALIDATING:
-                enqueue_after_commit(session, TaskName.RUN_JOB, existing.id)
+                enqueue_after_commit(session, TaskName.VALIDATE_JOB, existing.id)
             return existing, True
-    base_version_id, request = _validated_request(session, body)
+    base_version_id, request = _validated_request(session, principal, body)
     timestamp = now()
     job = Job(
         id=new_id("job"),
@@ -156,6 +173,7 @@ def create_job(
         request=request,
         current_stage=0,
         candidate_version_ids=[],
+        deliveries=0,
         idempotency_key=idempotency_key,
         request_sha256=body_sha256,
         created_at=timestamp,
@@ -180,7 +198,7 @@ def create_job(
         message="job created; validating",
         data={"status": str(JobStatus.VALIDATING)},
     )
-    enqueue_after_commit(session, TaskName.RUN_JOB, job.id)
+    enqueue_after_commit(session, TaskName.VALIDATE_JOB, job.id)
     return job, False
 
 

@@ -71,11 +71,3 @@ def release(session: Session, *, key: str, owner: str) -> None:
 def holder(session: Session, key: str) -> Lease | None:
     """The live lease on `key`, if any."""
     return session.scalar(select(Lease).where(Lease.key == key, Lease.expires_at >= time.time()))
-
-
-def expired_job_ids(session: Session) -> list[str]:
-    """Jobs whose worker stopped renewing: candidates for the reaper to re-enqueue."""
-    rows = session.scalars(
-        select(Lease.job_id).where(Lease.key.like("job:%"), Lease.expires_at < time.time())
-    )
-    return list(rows)

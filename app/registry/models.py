@@ -28,6 +28,9 @@ class ModelVersion(Base):
     checkpoint_sha256: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16))
     gate_report: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    # How a trained version was made: the method that ran (and, for `auto`, why), the resolved
+    # configuration and the learning diagnostics' summary. None for registered base models.
+    training: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     created_at: Mapped[int]
 
 

@@ -28,6 +28,9 @@ class ModelVersionRead(BaseModel):
     checkpoint_sha256: str
     status: str
     gate_report: dict[str, Any] | None
+    training: dict[str, Any] | None = Field(
+        description="how a trained version was made: method (and why, for auto), configuration, diagnostics"
+    )
     created_at: int
 
     @classmethod
@@ -45,6 +48,7 @@ class ModelVersionRead(BaseModel):
             checkpoint_sha256=v.checkpoint_sha256,
             status=v.status,
             gate_report=v.gate_report,
+            training=v.training,
             created_at=v.created_at,
         )
 

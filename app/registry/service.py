@@ -105,6 +105,7 @@ def register_base(
         checkpoint_sha256=sha256,
         status=VersionStatus.ACCEPTED,
         gate_report=None,
+        training=None,
         created_at=now(),
     )
     session.add(version)
@@ -122,6 +123,7 @@ def register_version(
     checkpoint_sha256: str,
     status: VersionStatus = VersionStatus.CANDIDATE,
     gate_report: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Record a trained version as a child of `parent_id`. Idempotent per (job_id, skill): a redelivered
     worker task gets the version it registered the first time, unchanged."""
@@ -151,6 +153,7 @@ def register_version(
             checkpoint_sha256=checkpoint_sha256,
             status=VersionStatus(status),
             gate_report=gate_report,
+            training=training,
             created_at=now(),
         )
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -41,7 +42,7 @@ def test_registry_files_exist_and_parse() -> None:
         for suite in _suites(skill):
             assert len(suite) > 0
             assert suite.meta.grader == skill.grader
-    for general in (examples.GENERAL_SUITE, examples.GENERAL_DEMO_SUITE):
+    for general in (examples.GENERAL_SUITE, examples.GENERAL_DEMO_SUITE, examples.GENERAL_VALIDATION_SUITE):
         assert (DATA / general.file).is_file()
         assert len(general.suite()) > 0
 
@@ -49,6 +50,7 @@ def test_registry_files_exist_and_parse() -> None:
 def test_every_shipped_jsonl_is_generated_and_registered() -> None:
     registered = {file for skill in examples.SKILLS.values() for file in skill.files()}
     registered |= {examples.GENERAL_SUITE.file, examples.GENERAL_DEMO_SUITE.file, generate.TOOLALPACA_FILE}
+    registered |= {examples.GENERAL_VALIDATION_SUITE.file}
     assert {path.name for path in DATA.glob("*.jsonl")} == registered
     assert (DATA / "PROVENANCE.md").is_file()
     assert (DATA / "__init__.py").is_file()
@@ -218,10 +220,10 @@ def test_tool_demonstrations_grade_against_their_references() -> None:
         assert row.question == source[row.row_id]
 
 
-def test_shipped_toolalpaca_copy_is_unchanged() -> None:
-    if not generate.SHARED_TOOLALPACA.is_file():
-        pytest.skip("no shared reference data in this checkout")
-    assert (DATA / generate.TOOLALPACA_FILE).read_bytes() == generate.SHARED_TOOLALPACA.read_bytes()
+def test_shipped_toolalpaca_copy_is_the_recorded_one() -> None:
+    """The copy's sha256 is the one PROVENANCE.md records (the product never reads outside itself)."""
+    digest = hashlib.sha256((DATA / generate.TOOLALPACA_FILE).read_bytes()).hexdigest()
+    assert digest in (DATA / "PROVENANCE.md").read_text()
 
 
 # --------------------------------------------------------------------------- general

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
+from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
 from workers.models.loading import default_placement, load_model, load_tokenizer
 from workers.rollout.base import SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
-from workers.training.batching import completion_hidden, pack
 from workers.training.prompts import prepare_examples
-from workers.training.teacher import head_weight, hidden_states
 
 
 def _greedy_then_rescore(model_dir: Path, tiny_rows: list, role: str, shift: int = 0) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Tests for workers.training.losses against brute-force float64 Python references."""
+"""The per-token divergences, the chunked lm-head loss and the token weights against brute-force float64
+Python references."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from workers.training.losses import (
+from workers.training.chunked_head import (
     chunked_lm_head_loss,
-    completion_loss_mask,
     cross_entropy_token_loss,
-    cross_entropy_tokens,
     distillation_token_loss,
-    naive_distillation_loss,
     sampled_token_logprobs,
+)
+from workers.training.divergences import cross_entropy_tokens, naive_distillation_loss, token_divergence
+from workers.training.token_weights import (
+    completion_loss_mask,
     sequence_mean_token_weights,
-    token_divergence,
+    token_mean_token_weights,
     truncated_importance_weights,
 )
 
@@ -759,6 +761,27 @@ def test_sequence_mean_token_weights_micro_batches_sum_to_step_mean() -> None:
     )
     assert whole.item() == pytest.approx((0.8 * 2.0 + 1.3 * 5.0) / 2)
     assert float(split) == pytest.approx(whole.item())
+
+
+def test_token_mean_token_weights_weigh_every_counted_token_alike() -> None:
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    loss = torch.tensor([[1.0, 3.0, 100.0, 100.0], [2.0, 4.0, 6.0, 8.0], [5.0, 5.0, 5.0, 5.0]])
+    seq_w = torch.tensor([1.0, 0.5, 2.0])
+    # Brute force: the weighted sum over counted tokens, divided by how many tokens count in the step.
+    counted = [(b, t) for b in range(3) for t in range(4) if mask[b, t]]
+    expected = sum(float(seq_w[b]) * float(loss[b, t]) for b, t in counted) / len(counted)
+    w = token_mean_token_weights(mask, seq_w, num_tokens_total=len(counted))
+    assert (w * loss).sum().item() == pytest.approx(expected)
+    # Split across micro-batches, the sums add up to the step's mean.
+    split = sum(
+        (token_mean_token_weights(mask[i : i + 1], seq_w[i : i + 1], 6) * loss[i : i + 1]).sum()
+        for i in range(3)
+    )
+    assert float(split) == pytest.approx(expected)
+    # Unlike the per-sequence mean, the long sequence's tokens are not diluted: each weighs 1/6.
+    assert w[1].tolist() == pytest.approx([0.5 / 6] * 4)
+    with pytest.raises(ValueError):
+        token_mean_token_weights(mask, None, 0)
 
 
 def test_completion_loss_mask() -> None:

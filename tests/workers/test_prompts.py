@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from app.contracts.demonstrations import DatasetError, parse_demonstrations
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
+from workers.models.chat import ChatRenderer
 from workers.models.loading import load_tokenizer
-from workers.training.prompts import SHORTENED_MARKER, ChatRenderer, prepare_examples, teacher_messages
+from workers.training.prompts import SHORTENED_MARKER, prepare_examples, teacher_messages
 
 ROW = (
     '{"messages": [{"role": "system", "content": "Answer in French."}, '

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.contracts.demonstrations import parse_demonstrations
-from app.contracts.stage_config import StageConfig
-from workers.models.embedded import PROVENANCE_FILE, import_default
+from app.training.stage_config import StageConfig
+from workers.models.smollm2 import PROVENANCE_FILE, import_default
 from workers.training.loop import StepMetrics, run_stage
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,9 @@ FACTS = [
 def test_two_sdft_steps_on_smollm2(smollm2_dir: Path, tmp_path: Path) -> None:
     rows = parse_demonstrations("\n".join(json.dumps({"prompt": q, "demonstration": a}) for q, a in FACTS))
     seen: list[StepMetrics] = []
-    config = StageConfig(max_steps=2, batch_size=2, micro_batch_size=2, max_new_tokens=16, learning_rate=5e-5)
+    config = StageConfig(
+        method="sdft", max_steps=2, batch_size=2, micro_batch_size=2, max_new_tokens=16, learning_rate=5e-5
+    )
     result = run_stage(base_dir=smollm2_dir, rows=rows, config=config, out_dir=tmp_path, on_step=seen.append)
     assert [m.step for m in seen] == [1, 2]
     # Teacher and student are the same network on different prompts: a small, positive divergence.

@@ -8,14 +8,13 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from workers.models.forward import hidden_states, pack
 from workers.models.tiny import build_tiny_model
-from workers.training.batching import pack
 from workers.training.teacher import (
     AdapterOffTeacher,
     LiveTeacher,
     ModelTeacher,
     build_teacher,
-    hidden_states,
 )
 
 

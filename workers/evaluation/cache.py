@@ -1,9 +1,10 @@
-"""Evaluation results cached by (model checkpoint sha, suite sha, effective decoding).
+"""Evaluation results cached by (model checkpoint sha, suite sha, effective decoding): one concept,
+`ScoreCache`, with two stores. `EvalCache` keeps one JSON file per key (the CLI and the experiment);
+the job pipeline records scores in the registry (workers/jobs/scores.py). A parent model is scored
+once per suite and decoding, then every gate against it reuses the result.
 
-A parent model is scored once per suite and decoding, then every gate against it reuses the result.
-`EvalCache` keeps one JSON file per key, written atomically (temp file + fsync + rename), so a crash
-never leaves a half-written result that a later run would trust. The service swaps in a DB-backed
-cache with the same `eval_cache_key`. Results with transient failures (the backend or model raised)
+The file store writes atomically (temp file + fsync + rename), so a crash never leaves a half-written
+result that a later run would trust. Results with transient failures (the backend or model raised)
 are not cached: a retry may succeed, and a cached failure would count against a model forever.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -39,11 +40,29 @@ from workers.rollout.base import RolloutBackend
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
+class ScoreCache(Protocol):
+    """Where evaluation results are kept, by (checkpoint sha, suite, effective decoding)."""
+
+    def lookup(self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any]) -> SuiteResult | None: ...
+
+    def store(
+        self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any], result: SuiteResult
+    ) -> None: ...
+
+
 class EvalCache:
     """File-based result cache: `<root>/<key>.json` holding SuiteResult.to_dict()."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    def lookup(self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any]) -> SuiteResult | None:
+        return _usable_hit(self.get(eval_cache_key(model_sha256, suite.sha256, decoding)), suite)
+
+    def store(
+        self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any], result: SuiteResult
+    ) -> None:
+        self.put(eval_cache_key(model_sha256, suite.sha256, decoding), result)
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):
@@ -80,6 +99,24 @@ class EvalCache:
         return path
 
 
+def effective_suite_decoding(
+    suite: Suite,
+    *,
+    engine: str,
+    seed: int = 0,
+    batch_size: int = 16,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The decoding an evaluation of `suite` runs with on this engine (see effective_decoding)."""
+    return effective_decoding(
+        suite.meta.decoding.model_dump(mode="json"),
+        engine=engine,
+        seed=seed,
+        batch_size=batch_size,
+        chat_template_kwargs=chat_template_kwargs,
+    )
+
+
 def suite_cache_key(
     model_sha256: str,
     suite: Suite,
@@ -89,13 +126,9 @@ def suite_cache_key(
     batch_size: int = 16,
     chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
-    """The cache key of evaluating `suite` on a checkpoint with these settings (see effective_decoding)."""
-    decoding = effective_decoding(
-        suite.meta.decoding.model_dump(mode="json"),
-        engine=engine,
-        seed=seed,
-        batch_size=batch_size,
-        chat_template_kwargs=chat_template_kwargs,
+    """The file cache's key of evaluating `suite` on a checkpoint with these settings."""
+    decoding = effective_suite_decoding(
+        suite, engine=engine, seed=seed, batch_size=batch_size, chat_template_kwargs=chat_template_kwargs
     )
     return eval_cache_key(model_sha256, suite.sha256, decoding)
 
@@ -106,7 +139,7 @@ def _usable_hit(hit: SuiteResult | None, suite: Suite) -> SuiteResult | None:
 
 
 def evaluate_cached(
-    cache: EvalCache,
+    cache: ScoreCache,
     backend: RolloutBackend,
     tokenizer: PreTrainedTokenizerBase,
     suite: Suite,
@@ -123,15 +156,14 @@ def evaluate_cached(
 ) -> SuiteResult:
     """The cached result for (model_sha256, suite, decoding on this backend) if there is one, else
     evaluate_suite(...) stamped with model_sha256 and stored (unless it had transient failures)."""
-    key = suite_cache_key(
-        model_sha256,
+    decoding = effective_suite_decoding(
         suite,
         engine=backend.name,
         seed=seed,
         batch_size=batch_size,
         chat_template_kwargs=chat_template_kwargs,
     )
-    hit = _usable_hit(cache.get(key), suite)
+    hit = cache.lookup(model_sha256, suite, decoding)
     if hit is not None:
         return hit
     result = evaluate_suite(
@@ -149,7 +181,7 @@ def evaluate_cached(
     )
     result = replace(result, model_sha256=model_sha256)
     if not result.has_transient_failures:
-        cache.put(key, result)
+        cache.store(model_sha256, suite, decoding, result)
     return result
 
 
@@ -168,7 +200,7 @@ def evaluate_model_dir(
     suites: Sequence[Suite],
     *,
     backend_kind: str = "transformers",
-    cache: EvalCache | None = None,
+    cache: ScoreCache | None = None,
     seed: int = 0,
     batch_size: int = 16,
     placement: Placement | None = None,
@@ -187,15 +219,14 @@ def evaluate_model_dir(
     results: list[SuiteResult | None] = [None] * len(suites)
     if cache is not None:
         for index, suite in enumerate(suites):
-            key = suite_cache_key(
-                sha,
+            decoding = effective_suite_decoding(
                 suite,
                 engine=backend_kind,
                 seed=seed,
                 batch_size=batch_size,
                 chat_template_kwargs=chat_template_kwargs,
             )
-            results[index] = _usable_hit(cache.get(key), suite)
+            results[index] = cache.lookup(sha, suite, decoding)
     cached = tuple(result is not None for result in results)
     missing = [index for index, result in enumerate(results) if result is None]
     if missing:

@@ -32,12 +32,11 @@ from app.evaluation.graders import grade, grade_choice
 from app.evaluation.results import ItemRecord, SuiteResult, effective_decoding
 from app.evaluation.stats import derive_seed
 from app.evaluation.suites import Suite, SuiteError, SuiteItem, SuiteMeta, load_suite_file
+from workers.models.chat import ChatRenderer
+from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
 from workers.models.loading import Placement, default_placement, stop_token_ids
 from workers.rollout.base import Completion, RolloutBackend, SamplingParams
-from workers.training.batching import completion_hidden, pack
-from workers.training.losses import sampled_token_logprobs
-from workers.training.prompts import ChatRenderer
-from workers.training.teacher import head_weight, hidden_states
+from workers.training.chunked_head import sampled_token_logprobs
 
 Progress = Callable[[int, int], None]
 BACKEND_KINDS = ("transformers", "vllm")

@@ -6,9 +6,15 @@ token ids, never text, so the trainer scores exactly the tokens that were sample
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from workers.models.loading import Placement
 
 FinishReason = Literal["stop", "length"]
 
@@ -52,3 +58,7 @@ class RolloutBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Builds a stage's backend around its student: (student, tokenizer, placement) -> backend.
+BackendFactory = Callable[["torch.nn.Module", "PreTrainedTokenizerBase", "Placement"], RolloutBackend]

@@ -7,14 +7,21 @@ from transformers import PreTrainedTokenizerBase
 
 from app.contracts.rollout_settings import RolloutSettings
 from workers.models.loading import Placement
-from workers.rollout.base import RolloutBackend
-from workers.training.loop import BackendFactory
+from workers.rollout.base import BackendFactory, RolloutBackend
+from workers.rollout.hf_generate import TransformersBackend
 
 
-def make_backend_factory(settings: RolloutSettings) -> BackendFactory | None:
-    """The `backend_factory` for `run_stage`; None means its default (`transformers.generate`)."""
+def transformers_backend(
+    student: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, placement: Placement
+) -> RolloutBackend:
+    """`transformers.generate` on the live student: needs nothing extra, always in sync."""
+    return TransformersBackend(student, int(tokenizer.pad_token_id), placement)
+
+
+def make_backend_factory(settings: RolloutSettings) -> BackendFactory:
+    """The `backend_factory` for `run_stage`."""
     if settings.backend == "transformers":
-        return None
+        return transformers_backend
     if settings.backend == "vllm":
 
         def colocated(

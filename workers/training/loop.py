@@ -1,10 +1,11 @@
-"""One training stage, SDFT or the SFT baseline, readable top to bottom.
+"""One training stage, readable top to bottom: whatever the method, the same loop.
 
-Per optimizer step: pick the step's demonstrations (a pure function of the step), sample one
-on-policy rollout per prompt from the current student, score the same tokens with the student
-(query only) and the teacher (query + demonstration), take the per-token divergence chunk by chunk
-from the final hidden states, step AdamW, move the EMA teacher, log, checkpoint. SFT runs the same
-loop with cross-entropy on the demonstration, so every comparison is like for like.
+Per optimizer step: pick the step's demonstrations (a pure function of the step, with a share from
+earlier stages when replaying), let the stage's objective accumulate gradients (SDFT: rollouts scored
+by the teacher; SFT: cross-entropy; the retention methods: both kinds of term, see objectives/), clip,
+step AdamW, let the objective move what it owns (an EMA teacher), measure the learning diagnostics
+every few steps, log, checkpoint. Data, optimizer, schedule, checkpoints and the final model are the
+same for every method, so every comparison is like for like.
 """
 
 from __future__ import annotations
@@ -14,48 +15,60 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from app.contracts.artifacts import model_dir_sha256
 from app.contracts.demonstrations import Demonstration
-from app.contracts.stage_config import ResolvedStage, StageConfig, resolve
-from app.evaluation.leakage import default_leakage_phrases, template_leakage
+from app.training.diagnostics import loss_concentration, probe_stalled
+from app.training.stage_config import ResolvedStage, StageConfig, resolve
+from workers.models.chat import ChatRenderer
 from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
-from workers.rollout.base import Completion, RolloutBackend, SamplingParams
-from workers.rollout.hf_generate import TransformersBackend
-from workers.training import losses
-from workers.training.batching import completion_hidden, pack
+from workers.rollout.base import BackendFactory
 from workers.training.checkpointing import Checkpoint, latest_checkpoint, load_training_state, save_checkpoint
+from workers.training.diagnostics import LearningProbe, ProbeMeasurement
+from workers.training.objectives import BUILDERS, Objective, StageContext, build_objective
 from workers.training.prompts import PreparedExample, prepare_examples
-from workers.training.schedule import batch_indices, lr_multiplier, rollout_seed
-from workers.training.teacher import Teacher, build_teacher, head_weight, hidden_states
+from workers.training.schedule import batch_indices, lr_multiplier
 
 FINAL = "final"
-BackendFactory = Callable[[torch.nn.Module, PreTrainedTokenizerBase, Placement], RolloutBackend]
+# Seeds the replayed rows' order apart from the stage's own.
+REPLAY_SEED_OFFSET = 13
 
 
 @dataclass(frozen=True)
 class StepMetrics:
     step: int  # optimizer steps done, 1-based
     total_steps: int
-    loss: float  # the step's mean per-sequence loss (the divergence for SDFT, cross-entropy for SFT)
+    loss: float  # the step's loss (the divergence for SDFT, cross-entropy for SFT, their sum for both)
     learning_rate: float
     grad_norm: float
-    rollout_tokens_mean: float  # completion length (rollouts for SDFT, demonstrations for SFT)
-    rollout_stop_fraction: float  # share of rollouts that ended with a stop token, not the length cap
+    rollout_tokens_mean: float  # completion length (rollouts for on-policy terms, demonstrations for SFT)
+    rollout_stop_fraction: float  # share of completions that ended with a stop token, not the length cap
     importance_weight_mean: float | None  # None when the sampler's numerics equal the trainer's
     seconds: float
     rollout_seconds: float
     # Share of rollouts that contain a phrase of the teacher template (the student copying the
-    # teacher's scaffolding instead of answering); None for SFT. Watched by the job, which warns.
+    # teacher's scaffolding instead of answering); None without SDFT rollouts. The job warns.
     rollout_leak_fraction: float | None = None
+    method: str = ""
+    loss_parts: dict[str, float] | None = None  # each term's loss ("supervised", "retention", ...)
+    # Share of the step's loss carried by its top 5% of token positions: near 1, the signal sits on a
+    # few tokens (sparse); near 0.05, it is spread evenly.
+    loss_top5_share: float | None = None
+    # Learning diagnostics on the fixed probe batch (None on steps they are not measured):
+    probe_divergence: float | None = None  # KL(teacher with demonstration || student), nats/token
+    probe_nll: float | None = None  # the student's NLL of the demonstrations, nats/token
+    probe_score: float | None = None  # share of probe prompts the student answers right, greedy
+    probe_baseline: float | None = None  # the probe divergence before the first step
+    # True once the probe divergence has not fallen after stall_fraction of the steps (the job warns).
+    learning_stalled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +81,22 @@ class StageResult:
     steps: int
     base_sha256: str
     last_metrics: StepMetrics | None
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage learns from besides its own demonstrations, both optional.
+
+    replay_rows: earlier stages' demonstrations of the lineage (`replay_fraction` of each batch).
+    retention_prompts: the retention pool (chat messages per prompt) the retention methods distil on;
+    app/training/retention_pool.py builds it and guarantees it holds no suite prompt.
+    probe_grader: the new skill's grader (and options) for the diagnostics' greedy score.
+    """
+
+    replay_rows: Sequence[Demonstration] = ()
+    retention_prompts: Sequence[Sequence[Mapping[str, str]]] = ()
+    probe_grader: str | None = None
+    probe_grader_options: Mapping[str, Any] | None = None
 
 
 class StageCancelled(RuntimeError):
@@ -86,17 +115,25 @@ def data_sha256(rows: Sequence[Demonstration]) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
-def _stage_identity(config: StageConfig, base_sha: str, rows: Sequence[Demonstration]) -> dict[str, Any]:
-    return {
+def _stage_identity(
+    config: StageConfig, base_sha: str, rows: Sequence[Demonstration], inputs: StageInputs
+) -> dict[str, Any]:
+    identity = {
         "config": config.model_dump(mode="json"),
         "base_sha256": base_sha,
         "data_sha256": data_sha256(rows),
     }
+    if inputs.replay_rows:
+        identity["replay_sha256"] = data_sha256(inputs.replay_rows)
+    if inputs.retention_prompts:
+        pool = json.dumps([list(map(dict, p)) for p in inputs.retention_prompts], sort_keys=True)
+        identity["retention_pool_sha256"] = hashlib.sha256(pool.encode()).hexdigest()
+    return identity
 
 
 def _check_identity(found: dict[str, Any], expected: dict[str, Any], where: Path) -> None:
-    for key, value in expected.items():
-        if found.get(key) != value:
+    for key in {*expected, "replay_sha256", "retention_pool_sha256"}:
+        if found.get(key) != expected.get(key):
             raise ResumeMismatch(
                 f"{where} holds a stage with a different {key.removesuffix('_sha256')}; use a new --out "
                 "directory or delete the old one"
@@ -129,15 +166,14 @@ def _build_student(
         return get_peft_model(base, lora)
 
 
-def _build_teacher(
-    config: StageConfig, student: torch.nn.Module, base_dir: Path, placement: Placement
-) -> Teacher:
-    needs_copy = config.teacher == "ema" or (
-        config.teacher == "frozen" and not isinstance(student, PeftModel)
-    )
-    base_copy: PreTrainedModel | None = load_model(base_dir, placement) if needs_copy else None
-    dtype = torch.bfloat16 if placement.is_cuda else torch.float32
-    return build_teacher(config.teacher, student, base_copy, config.ema_rate, dtype)
+def step_rows(
+    step: int, resolved: ResolvedStage, num_rows: int, num_replay_rows: int, seed: int
+) -> tuple[list[int], list[int]]:
+    """(own row indices, replayed row indices) of optimizer step `step`: both pure functions of the step."""
+    replay = round(resolved.batch_size * resolved.replay_fraction) if num_replay_rows else 0
+    own = batch_indices(step, resolved.batch_size - replay, num_rows, seed)
+    replayed = batch_indices(step, replay, num_replay_rows, seed + REPLAY_SEED_OFFSET) if replay else []
+    return own, replayed
 
 
 class Stage:
@@ -145,29 +181,19 @@ class Stage:
 
     def __init__(
         self,
-        *,
-        config: StageConfig,
-        resolved: ResolvedStage,
+        ctx: StageContext,
+        objective: Objective,
         examples: list[PreparedExample],
-        student: torch.nn.Module,
-        teacher: Teacher | None,
-        backend: RolloutBackend | None,
-        tokenizer: PreTrainedTokenizerBase,
-        stop_ids: list[int],
-        placement: Placement,
+        replay_examples: list[PreparedExample],
+        probe: LearningProbe | None,
     ):
-        self.config = config
-        self.resolved = resolved
+        self.ctx = ctx
+        self.objective = objective
         self.examples = examples
-        self.student = student
-        self.teacher = teacher
-        self.backend = backend
-        self.pad_id = int(tokenizer.pad_token_id)
-        self.tokenizer = tokenizer
-        self.leak_phrases = default_leakage_phrases(config.teacher_template)
-        self.stop_ids = stop_ids
-        self.placement = placement
-        self.trainable = [p for p in student.parameters() if p.requires_grad]
+        self.replay_examples = replay_examples
+        self.probe = probe
+        self.trainable = [p for p in ctx.student.parameters() if p.requires_grad]
+        config, resolved = ctx.config, ctx.resolved
         self.optimizer = torch.optim.AdamW(
             self.trainable,
             lr=resolved.learning_rate,
@@ -179,128 +205,68 @@ class Stage:
             self.optimizer,
             lambda s: lr_multiplier(s, resolved.max_steps, resolved.warmup_steps, config.lr_schedule),
         )
+        self.probe_baseline: float | None = None  # the probe divergence before the first step
+        self.stalled = False
+
+    def batch(self, step: int) -> list[PreparedExample]:
+        own, replayed = step_rows(
+            step, self.ctx.resolved, len(self.examples), len(self.replay_examples), self.ctx.config.seed
+        )
+        return [self.examples[i] for i in own] + [self.replay_examples[i] for i in replayed]
+
+    def measure(self) -> ProbeMeasurement | None:
+        if self.probe is None:
+            return None
+        self.ctx.student.eval()  # no dropout while measuring
+        try:
+            return self.probe.measure()
+        finally:
+            self.ctx.student.train()
 
     def step(self, step: int) -> StepMetrics:
         started = time.perf_counter()
-        cfg = self.config
-        rows = batch_indices(step, self.resolved.batch_size, len(self.examples), cfg.seed)
-        batch = [self.examples[i] for i in rows]
-        rollout_seconds = 0.0
-        if cfg.method == "sdft":
-            assert self.backend is not None
-            self.backend.sync_weights(step)
-            t = time.perf_counter()
-            params = SamplingParams(
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                num_samples=cfg.rollouts_per_prompt,
-                seed=rollout_seed(cfg.seed, step),
-                stop_token_ids=tuple(self.stop_ids),
-            )
-            sampled = self.backend.generate([e.student_prompt_ids for e in batch], params)
-            rollout_seconds = time.perf_counter() - t
-            pairs = [(e, c) for e, completions in zip(batch, sampled, strict=True) for c in completions]
-        else:
-            pairs = [(e, Completion(e.demonstration_ids)) for e in batch]
-
-        self.student.train()
-        loss_total, weight_total, weight_count = 0.0, 0.0, 0
-        for start in range(0, len(pairs), cfg.micro_batch_size):
-            micro = pairs[start : start + cfg.micro_batch_size]
-            loss, weights = self._micro_step(micro, total_sequences=len(pairs))
-            loss_total += loss
-            if weights is not None:
-                weight_total += float(weights.sum())
-                weight_count += len(micro)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+        self.ctx.student.train()
+        outcome = self.objective.accumulate(step, self.batch(step))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.ctx.config.max_grad_norm)
         learning_rate = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.teacher is not None:
-            self.teacher.update()
-        lengths = [len(c.token_ids) for _, c in pairs]
-        leak_fraction = None
-        if cfg.method == "sdft":
-            texts = self.tokenizer.batch_decode(
-                [list(c.token_ids) for _, c in pairs], skip_special_tokens=True
+        self.objective.after_optimizer_step()
+        done, total = step + 1, self.ctx.resolved.max_steps
+        measured = (
+            self.measure() if done % self.ctx.resolved.diagnostics_every == 0 or done == total else None
+        )
+        if measured is not None and self.probe_baseline is not None and not self.stalled:
+            self.stalled = probe_stalled(
+                self.probe_baseline,
+                measured.divergence,
+                done_fraction=done / total,
+                stall_fraction=self.ctx.config.stall_fraction,
+                min_relative_drop=self.ctx.config.stall_min_drop,
             )
-            leak_fraction = template_leakage(texts, self.leak_phrases).rate
+        lengths = outcome.completion_lengths
         return StepMetrics(
-            step=step + 1,
-            total_steps=self.resolved.max_steps,
-            loss=loss_total,
+            step=done,
+            total_steps=total,
+            loss=outcome.loss,
             learning_rate=learning_rate,
             grad_norm=float(grad_norm),
-            rollout_tokens_mean=sum(lengths) / len(lengths),
-            rollout_stop_fraction=sum(c.finish_reason == "stop" for _, c in pairs) / len(pairs),
-            importance_weight_mean=weight_total / weight_count if weight_count else None,
+            rollout_tokens_mean=sum(lengths) / max(1, len(lengths)),
+            rollout_stop_fraction=outcome.stop_fraction,
+            importance_weight_mean=outcome.importance_weight_mean,
             seconds=time.perf_counter() - started,
-            rollout_seconds=rollout_seconds,
-            rollout_leak_fraction=leak_fraction,
+            rollout_seconds=outcome.rollout_seconds,
+            rollout_leak_fraction=outcome.rollout_leak_fraction,
+            method=self.objective.name,
+            loss_parts=outcome.parts,
+            loss_top5_share=loss_concentration(outcome.token_contributions.tolist()),
+            probe_divergence=None if measured is None else measured.divergence,
+            probe_nll=None if measured is None else measured.nll,
+            probe_score=None if measured is None else measured.greedy_score,
+            probe_baseline=self.probe_baseline,
+            learning_stalled=self.stalled,
         )
-
-    def _micro_step(
-        self, pairs: list[tuple[PreparedExample, Completion]], total_sequences: int
-    ) -> tuple[float, torch.Tensor | None]:
-        """Forward, loss and backward for a few sequences; returns (loss, importance weights or None)."""
-        cfg = self.config
-        device = self.placement.device
-        completions = [c.token_ids for _, c in pairs]
-        student_batch = pack([e.student_prompt_ids for e, _ in pairs], completions, self.pad_id, device)
-        ids_BT, lengths_B = student_batch.completion_ids, student_batch.completion_lengths
-        # Logits are divided by the sampling temperature on both sides; (h / tau) @ W == (h @ W) / tau.
-        scale = 1.0 / cfg.temperature if cfg.method == "sdft" else 1.0
-        with self.placement.autocast():
-            student_h = completion_hidden(hidden_states(self.student, student_batch), student_batch) * scale
-        width = student_h.shape[-1]
-        student_head = head_weight(self.student)
-        skip = cfg.skip_first_tokens if cfg.method == "sdft" else 0
-        mask_BT = losses.completion_loss_mask(ids_BT, lengths_B, skip)
-        sequence_weights = None
-        if cfg.method == "sdft" and self.backend is not None and not self.backend.exact_numerics:
-            # Truncated importance weight for a sampler whose numerics differ from the trainer's.
-            trainer_lp = losses.sampled_token_logprobs(
-                student_h.detach().reshape(-1, width), student_head, ids_BT.reshape(-1), cfg.loss_chunk_size
-            ).view_as(mask_BT)
-            sampler_lp = torch.zeros_like(trainer_lp)
-            for i, (_, c) in enumerate(pairs):
-                sampler_lp[i, : len(c.logprobs)] = torch.tensor(c.logprobs, device=device)
-            real_BT = losses.completion_loss_mask(ids_BT, lengths_B, 0)
-            sequence_weights = losses.truncated_importance_weights(
-                trainer_lp, sampler_lp, real_BT, cfg.importance_cap
-            )
-        weights_BT = losses.sequence_mean_token_weights(mask_BT, sequence_weights, total_sequences)
-        keep_N = (weights_BT.reshape(-1) > 0).nonzero().squeeze(1)
-        if keep_N.numel() == 0:  # every token masked (e.g. completions shorter than skip_first)
-            return 0.0, sequence_weights
-        hidden_NH = student_h.reshape(-1, width).index_select(0, keep_N)
-        target_N = ids_BT.reshape(-1).index_select(0, keep_N)
-        if cfg.method == "sdft":
-            assert self.teacher is not None
-            teacher_batch = pack([e.teacher_prompt_ids for e, _ in pairs], completions, self.pad_id, device)
-            with torch.no_grad(), self.placement.autocast():
-                teacher_h = completion_hidden(self.teacher.hidden(teacher_batch), teacher_batch) * scale
-            token_loss = losses.distillation_token_loss(
-                teacher_h.reshape(-1, width).index_select(0, keep_N),
-                self.teacher.head_weight(),
-                divergence=cfg.divergence,
-                jsd_alpha=cfg.jsd_alpha,
-                support=cfg.support,
-                top_k=cfg.top_k,
-                sampled_ids_N=target_N,
-            )
-        else:
-            token_loss = losses.cross_entropy_token_loss(target_N)
-        loss = losses.chunked_lm_head_loss(
-            hidden_NH,
-            student_head,
-            weights_BT.reshape(-1).index_select(0, keep_N),
-            token_loss=token_loss,
-            chunk_size=cfg.loss_chunk_size,
-        )
-        loss.backward()
-        return float(loss.detach()), sequence_weights
 
 
 def _save_final(
@@ -330,10 +296,12 @@ def _save_final(
     return final, sha
 
 
-def _transformers_backend(
-    student: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, placement: Placement
-) -> RolloutBackend:
-    return TransformersBackend(student, int(tokenizer.pad_token_id), placement)
+def resolve_for(
+    config: StageConfig, examples: Sequence[PreparedExample], replay_rows: int = 0
+) -> ResolvedStage:
+    """`resolve` with what only the tokenized data knows: the longest demonstration in tokens."""
+    longest = max(len(e.demonstration_ids) for e in examples)
+    return resolve(config, len(examples), longest_demonstration_tokens=longest, replay_rows=replay_rows)
 
 
 def run_stage(
@@ -346,16 +314,29 @@ def run_stage(
     backend_factory: BackendFactory | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    inputs: StageInputs | None = None,
 ) -> StageResult:
     """Run (or resume, or return the already finished) stage. Data and config problems are raised as
-    DatasetError / ConfigError before any model is loaded."""
+    DatasetError / ConfigError before any model is loaded. `config.method` must be a concrete method
+    (`auto` is resolved first by workers/training/method_choice.py)."""
+    if config.method not in BUILDERS:
+        raise ValueError(
+            f"method {config.method!r} cannot train as such: resolve 'auto' first "
+            "(workers/training/method_choice.py stage_method)"
+        )
     base, out = Path(base_dir), Path(out_dir)
+    inputs = inputs or StageInputs()
     placement = placement or default_placement()
-    resolved = resolve(config, len(rows))
     tokenizer = load_tokenizer(base)
     stop_ids = stop_token_ids(tokenizer, base)
     examples = prepare_examples(rows, tokenizer, config, int(tokenizer.eos_token_id))
-    identity = _stage_identity(config, model_dir_sha256(base), rows)
+    replay_examples = (
+        prepare_examples(inputs.replay_rows, tokenizer, config, int(tokenizer.eos_token_id))
+        if inputs.replay_rows
+        else []
+    )
+    resolved = resolve_for(config, examples, len(replay_examples))
+    identity = _stage_identity(config, model_dir_sha256(base), rows, inputs)
 
     final_meta = out / FINAL / "meta.json"
     if final_meta.is_file():  # finished before: a re-run returns the same result (idempotent)
@@ -369,28 +350,20 @@ def run_stage(
     student = _build_student(base, config, resolved, checkpoint, placement)
     if config.gradient_checkpointing:
         student.gradient_checkpointing_enable()  # type: ignore[operator]
-    teacher = _build_teacher(config, student, base, placement) if config.method == "sdft" else None
-    backend: RolloutBackend | None = None
-    if config.method == "sdft":
-        factory = backend_factory or _transformers_backend
-        backend = factory(student, tokenizer, placement)
-    stage = Stage(
-        config=config,
-        resolved=resolved,
-        examples=examples,
-        student=student,
-        teacher=teacher,
-        backend=backend,
-        tokenizer=tokenizer,
-        stop_ids=stop_ids,
-        placement=placement,
+    ctx = StageContext(config, resolved, student, tokenizer, tuple(stop_ids), placement)
+    renderer = ChatRenderer(tokenizer, config.chat_template_kwargs)
+    pool = [tuple(renderer.prompt_ids([dict(m) for m in prompt])) for prompt in inputs.retention_prompts]
+    objective = build_objective(ctx, base_dir=base, backend_factory=backend_factory, pool=pool)
+    probe = LearningProbe.for_stage(
+        ctx, examples, objective.reference_teacher, inputs.probe_grader, inputs.probe_grader_options
     )
+    stage = Stage(ctx, objective, examples, replay_examples, probe)
     start = 0
     if checkpoint is not None:
-        teacher_state = load_training_state(checkpoint, stage.optimizer, stage.scheduler)
-        if teacher is not None:
-            teacher.load_state_tensors(teacher_state)
+        objective.load_state_tensors(load_training_state(checkpoint, stage.optimizer, stage.scheduler))
         start = checkpoint.step
+        stage.probe_baseline = checkpoint.meta.get("probe_baseline")
+        stage.stalled = bool(checkpoint.meta.get("learning_stalled", False))
 
     meta = {**identity, "resolved": resolved.model_dump(), "base_dir": str(base), "method": config.method}
     metrics_log = out / "metrics.jsonl"
@@ -406,12 +379,27 @@ def run_stage(
             student=student,
             optimizer=stage.optimizer,
             scheduler=stage.scheduler,
-            teacher_state=teacher.state_tensors() if teacher is not None else {},
-            meta={**meta, "max_steps": resolved.max_steps, "data_position": data_position},
+            teacher_state=objective.state_tensors(),
+            meta={
+                **meta,
+                "max_steps": resolved.max_steps,
+                "data_position": data_position,
+                "probe_baseline": stage.probe_baseline,
+                "learning_stalled": stage.stalled,
+            },
             keep=2,
         )
 
     try:
+        if start == 0 and probe is not None:
+            baseline = stage.measure()
+            stage.probe_baseline = None if baseline is None else baseline.divergence
+            if baseline is not None:
+                with metrics_log.open("a") as f:
+                    f.write(
+                        json.dumps({"step": 0, "total_steps": resolved.max_steps, **baseline.to_dict()})
+                        + "\n"
+                    )
         for step in range(start, resolved.max_steps):
             if should_stop is not None and should_stop():
                 if step > saved_step:
@@ -430,8 +418,7 @@ def run_stage(
                 checkpoint_now(done)
                 saved_step = done
     finally:
-        if backend is not None:
-            backend.close()
+        objective.close()
 
     final_dir, sha = _save_final(out, student, tokenizer, {**meta, "steps": resolved.max_steps})
     return StageResult(final_dir, sha, resolved.max_steps, identity["base_sha256"], last)

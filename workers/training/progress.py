@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
 from workers.training.loop import StepMetrics
 
 LOSS_LABELS = {"forward_kl": "kl", "reverse_kl": "reverse_kl", "jsd": "jsd"}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from app.contracts.demonstrations import DatasetError, Demonstration, RowProblem
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
+from workers.models.chat import ChatRenderer
 
 SHORTENED_MARKER = "\n[...]\n"
 
@@ -27,21 +27,6 @@ class PreparedExample:
     teacher_prompt_ids: tuple[int, ...]
     demonstration_ids: tuple[int, ...]  # the SFT target: the demonstration followed by the stop token
     demonstration_shortened: bool = False
-
-
-class ChatRenderer:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, template_kwargs: dict[str, Any] | None = None):
-        self.tokenizer = tokenizer
-        self.template_kwargs = dict(template_kwargs or {})
-
-    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=False, **self.template_kwargs
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def text_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def teacher_messages(

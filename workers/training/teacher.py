@@ -19,34 +19,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from workers.training.batching import PackedBatch
-
-
-def base_of(model: torch.nn.Module) -> PreTrainedModel:
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    assert isinstance(base, PreTrainedModel)
-    return base
-
-
-def hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Final (normed) hidden states [B, L, H], without running the lm head over every position."""
-    decoder = base_of(model).get_decoder()
-    out = decoder(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
-    hidden: torch.Tensor = out.last_hidden_state
-    return hidden
-
-
-def head_weight(model: torch.nn.Module) -> torch.Tensor:
-    head = base_of(model).get_output_embeddings()
-    assert isinstance(head, torch.nn.Module)
-    weight = head.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight
+from workers.models.forward import PackedBatch, head_weight, hidden_states
 
 
 class Teacher(Protocol):

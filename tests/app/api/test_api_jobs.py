@@ -56,7 +56,7 @@ def test_create_job_stores_validated_stages_and_sends_one_message(
     # "auto" resolved for 4 rows: LoRA learning rate 5e-4, batch = all 4 rows.
     assert stage["resolved"]["learning_rate"] == 5e-4 and stage["resolved"]["batch_size"] == 4
     assert stage["rows"] == 4
-    assert drain_broker(backend) == [{"task": str(TaskName.RUN_JOB), "args": [job["id"]]}]
+    assert drain_broker(backend) == [{"task": str(TaskName.VALIDATE_JOB), "args": [job["id"]]}]
     assert client.get(f"/v1/jobs/{job['id']}", headers=writer).json() == job
 
 

@@ -311,7 +311,7 @@ def test_producer_on_redis_sends_and_counts() -> None:
     try:
         producer.ping()
         assert producer.queue_depths()["default"] == 0
-        producer.send(TaskName.RUN_JOB, "job_redis")
+        producer.send(TaskName.VALIDATE_JOB, "job_redis")
         assert producer.queue_depths()["default"] == 1
         message = json.loads(client.lindex("default", 0))
         assert (

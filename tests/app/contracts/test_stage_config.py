@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.contracts.stage_config import (
+from app.training.stage_config import (
     PAPER_TEACHER_TEMPLATE,
     ConfigError,
     StageConfig,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.contracts.stage_config import PAPER_TEACHER_TEMPLATE
+from app.training.stage_config import PAPER_TEACHER_TEMPLATE
 from app.evaluation.leakage import (
     OBSERVED_LEAKAGE_PHRASES,
     LeakageReport,

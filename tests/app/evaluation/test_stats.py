@@ -118,3 +118,17 @@ def test_derive_seed_is_stable_and_key_sensitive() -> None:
     assert derive_seed(0, "abc") != derive_seed(1, "abc")
     assert derive_seed(0, "abc") != derive_seed(0, "abd")
     assert 0 <= derive_seed(123, "x") < 2**63
+
+
+def test_mean_t_interval_over_seeds() -> None:
+    from app.evaluation.stats import mean_t_interval
+
+    assert mean_t_interval([7.0]) == (7.0, None, None)
+    mean, low, high = mean_t_interval([1.0, 2.0, 3.0])
+    # sd 1, n 3, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3).
+    assert (
+        mean == 2.0
+        and low == pytest.approx(2.0 - 4.303 / 3**0.5)
+        and high == pytest.approx(2.0 + 4.303 / 3**0.5)
+    )
+    assert mean_t_interval([5.0, 5.0]) == (5.0, 5.0, 5.0)

@@ -16,10 +16,10 @@ from app.evaluation.results import SuiteResult, ci_seed
 from app.evaluation.stats import bootstrap_mean_ci
 from app.evaluation.suites import Suite, SuiteMeta, parse_suite_jsonl
 from workers.evaluation.runner import context_length_from_config, evaluate_suite, run_isolated
+from workers.models.chat import ChatRenderer
 from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
-from workers.training.prompts import ChatRenderer
 
 MAX_NEW_TOKENS = 8
 QUESTIONS = [

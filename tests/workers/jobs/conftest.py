@@ -60,7 +60,7 @@ class Service:
         raise RuntimeError(f"the API did not start; see {self.data_dir / 'api.log'}")
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        from workers.embedded import worker_command
+        from workers.local_service import worker_command
 
         # A process group of its own, so a test can kill -9 the worker and its pool child together.
         worker = subprocess.Popen(
@@ -155,7 +155,7 @@ def _redis_url() -> str:
 
 def make_service(tmp: Path, base_dir: Path, backend: str, pg_url: str | None = None) -> Service:
     from app.settings import Settings
-    from workers.embedded import bootstrap
+    from workers.local_service import bootstrap
 
     env = {
         **os.environ,

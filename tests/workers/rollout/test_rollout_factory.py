@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
 from workers.models.loading import default_placement, load_model, load_tokenizer
 from workers.rollout import factory as factory_module
-from workers.rollout.factory import make_backend_factory
+from workers.rollout.factory import make_backend_factory, transformers_backend
 
 
 def test_defaults_are_the_transformers_backend_synced_every_step() -> None:
@@ -22,7 +22,7 @@ def test_defaults_are_the_transformers_backend_synced_every_step() -> None:
     assert s.engine_dtype(native_bf16=True) == "bfloat16"
     assert s.engine_dtype(native_bf16=False) == "float32"
     assert s.with_overrides({"dtype": "bfloat16"}).engine_dtype(native_bf16=False) == "bfloat16"
-    assert make_backend_factory(s) is None
+    assert make_backend_factory(s) is transformers_backend
 
 
 def test_server_mode_needs_a_url_and_settings_are_validated() -> None:

@@ -21,7 +21,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from app.contracts.rollout_settings import RolloutSettings
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
 from workers.models.loading import default_placement, load_model, load_tokenizer
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
@@ -482,7 +482,7 @@ def test_lora_sync_serves_the_trained_adapter(
     prompts: list[list[int]],
     lora_sync: str,
 ) -> None:
-    config = StageConfig(lora_rank=4, learning_rate=0.05, lr_schedule="constant", **FAST)
+    config = StageConfig(method="sdft", lora_rank=4, learning_rate=0.05, lr_schedule="constant", **FAST)
     settings = SETTINGS.with_overrides({"lora_sync": lora_sync})
     probe = _run_with_probe(engines, vllm_model_dir, tiny_rows, tmp_path, config, prompts, settings)
     assert probe["mode"] == {"adapter": "adapter", "merged": "weights"}[lora_sync]
@@ -501,7 +501,7 @@ def test_lora_sync_serves_the_trained_adapter(
 def test_full_fine_tuning_sync_serves_the_updated_weights(
     engines: OneEngine, vllm_model_dir: Path, tiny_rows: list, tmp_path: Path, prompts: list[list[int]]
 ) -> None:
-    config = StageConfig(learning_rate=0.01, lr_schedule="constant", **FAST)
+    config = StageConfig(method="sdft", learning_rate=0.01, lr_schedule="constant", **FAST)
     probe = _run_with_probe(engines, vllm_model_dir, tiny_rows, tmp_path, config, prompts)
     assert probe["engine"] == probe["student_greedy"]
     assert probe["engine"] != probe["base"]

@@ -21,7 +21,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from app.contracts.rollout_settings import RolloutSettings
-from app.contracts.stage_config import StageConfig
+from app.training.stage_config import StageConfig
 from workers.models.loading import default_placement, load_model
 from workers.rollout.base import SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
@@ -382,7 +382,7 @@ def test_a_short_sdft_stage_against_the_server(
             probe["student"] = _hf_greedy(probe["student"], PROMPTS)
 
     settings = _served(server, adapter_name_prefix="job-test")
-    config = StageConfig(max_steps=3, lr_schedule="constant", **STAGE)
+    config = StageConfig(method="sdft", max_steps=3, lr_schedule="constant", **STAGE)
     result = run_stage(
         base_dir=served_model_dir,
         rows=tiny_rows,
@@ -416,7 +416,7 @@ def test_server_down_mid_stage_fails_the_stage_and_keeps_the_last_checkpoint(
             if m.step == 2:
                 own.stop()
 
-        config = StageConfig(max_steps=4, checkpoint_every=1, **STAGE)
+        config = StageConfig(method="sdft", max_steps=4, checkpoint_every=1, **STAGE)
         settings = _served(own, server_retries=1, server_timeout_s=10)
         from workers.rollout.factory import make_backend_factory
 

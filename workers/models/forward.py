@@ -1,4 +1,5 @@
-"""Pack (prompt, completion) pairs into one padded batch and find the positions that predict each
+"""The forward plumbing training, rollouts and evaluation share: pack (prompt, completion) pairs into
+one padded batch, run the decoder to its final hidden states, and find the positions that predict each
 completion token. Prompts are left-padded and completions right-padded, so in every row the
 completion starts at the same column and the hidden state at column (start - 1 + j) predicts
 completion token j, whatever the prompt length: student and teacher prompts differ in length, and
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,30 @@ def completion_hidden(hidden_BLH: torch.Tensor, batch: PackedBatch) -> torch.Ten
     width = batch.completion_ids.shape[1]
     start = batch.completion_start - 1
     return hidden_BLH[:, start : start + width]
+
+
+def base_of(model: torch.nn.Module) -> PreTrainedModel:
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    assert isinstance(base, PreTrainedModel)
+    return base
+
+
+def hidden_states(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """Final (normed) hidden states [B, L, H], without running the lm head over every position."""
+    decoder = base_of(model).get_decoder()
+    out = decoder(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
+    hidden: torch.Tensor = out.last_hidden_state
+    return hidden
+
+
+def head_weight(model: torch.nn.Module) -> torch.Tensor:
+    head = base_of(model).get_output_embeddings()
+    assert isinstance(head, torch.nn.Module)
+    weight = head.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight

@@ -4,7 +4,7 @@ For a few held-out demonstrations it greedy-decodes the student prompt (query on
 prompt (query + demonstration in the stage's teacher template, same chat-template kwargs), grades
 both answers against the demonstration, measures the demonstration's NLL per token in both
 contexts, and counts teacher answers that carry template wording. The decision rule and the report
-live torch-free in app.evaluation.readiness.
+live torch-free in app.training.readiness.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.contracts.demonstrations import DatasetError, Demonstration
-from app.contracts.stage_config import StageConfig
 from app.evaluation.graders import grade
 from app.evaluation.leakage import default_leakage_phrases, find_leaked_phrases
-from app.evaluation.readiness import (
+from app.training.readiness import (
     ProbeRow,
     ReadinessReport,
     ReadinessThresholds,
@@ -28,6 +27,7 @@ from app.evaluation.readiness import (
     pick_holdout,
     probe_reference,
 )
+from app.training.stage_config import StageConfig
 from workers.evaluation.runner import continuation_logprobs, decode_text, model_context_length, pad_token_id
 from workers.models.loading import Placement, default_placement, stop_token_ids
 from workers.rollout.base import SamplingParams
@@ -66,7 +66,7 @@ def _holdout(
             break
         row = rows[index]
         try:
-            reference = probe_reference(grader, row.demonstration)
+            reference = probe_reference(grader, row.demonstration, row.question)
             example = prepare_examples([row], tokenizer, config, int(tokenizer.eos_token_id))[0]
         except DatasetError as error:
             skipped.append(f"{row.row_id}: {'; '.join(problem.reason for problem in error.problems)}")
@@ -100,9 +100,10 @@ def teacher_readiness(
     thresholds: ReadinessThresholds | None = None,
     leakage_phrases: Sequence[str] | None = None,
     batch_size: int = 16,
+    samples: int = 4,
 ) -> ReadinessReport:
     """Probe whether the teacher (demonstration in context) clearly beats the student (see
-    app.evaluation.readiness for the rule). Deterministic: greedy decoding on rows picked by
+    app.training.readiness for the rule). Deterministic: greedy decoding on rows picked by
     `pick_holdout(row ids, seed)`. leakage_phrases defaults to the observed phrases plus
     config.teacher_template's fixed clauses. Raises ValueError for a grader that cannot take a
     demonstration as its reference (regex, choice)."""
@@ -134,9 +135,19 @@ def teacher_readiness(
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=_stop_ids(model, tokenizer)
         )
-        answers = [
-            decode_text(tokenizer, samples[0].token_ids) for samples in backend.generate(prompts, params)
-        ]
+        answers = [decode_text(tokenizer, out[0].token_ids) for out in backend.generate(prompts, params)]
+        # The student's own samples (temperature 1, as rollouts are drawn): SDFT's signal reaches the
+        # answer only through states the student visits, so how often it samples the answer matters.
+        sampling = SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=1.0,
+            num_samples=samples,
+            seed=seed,
+            stop_token_ids=params.stop_token_ids,
+        )
+        sampled = (
+            backend.generate([list(e.student_prompt_ids) for e in examples], sampling) if samples else []
+        )
         token_logprobs = continuation_logprobs(
             model,
             prompts,
@@ -149,6 +160,10 @@ def teacher_readiness(
         for i, (example, reference) in enumerate(chosen):
             student_answer, teacher_answer = answers[i], answers[count + i]
             tokens = len(example.demonstration_ids)
+            sample_scores = [
+                grade(grader, decode_text(tokenizer, c.token_ids), reference, grader_options)
+                for c in (sampled[i] if sampled else [])
+            ]
             probe_rows.append(
                 ProbeRow(
                     row_id=example.row.row_id,
@@ -160,6 +175,7 @@ def teacher_readiness(
                     teacher_nll=-sum(token_logprobs[count + i]) / tokens,
                     demonstration_tokens=tokens,
                     teacher_leaked=find_leaked_phrases(teacher_answer, phrases),
+                    student_sample_score=sum(sample_scores) / len(sample_scores) if sample_scores else None,
                 )
             )
     return build_readiness_report(

@@ -32,7 +32,7 @@ class Bootstrapped:
 
 def bootstrap(settings: Settings, base_dir: Path | None = None) -> Bootstrapped:
     """Migrate, write the admin token, import and register the default base; safe on every start."""
-    from workers.models.embedded import DEFAULT_NAME, import_default
+    from workers.models.smollm2 import DEFAULT_NAME, import_default
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_database(settings)

@@ -1,0 +1,14 @@
+"""Helpers every command module shares: the exit code for bad input and how problems are reported."""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def report_problems(problems: list[str]) -> int:
+    print(f"sdft: {len(problems)} problem(s), nothing was run:", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return EXIT_BAD_INPUT

@@ -1,0 +1,45 @@
+"""Auto-promotion at the end of a succeeded job: move the alias only if it still points where it
+pointed when the job was created (compare-and-set), never over a human's promotion made meanwhile.
+A moved alias means: the version is registered and accepted, not promoted, and an event says why."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict
+from app.jobs import service as jobs
+from app.jobs.models import Job
+from app.registry import aliases
+from workers.jobs import messages
+
+
+def promote(session: Session, job: Job, version_id: str) -> bool:
+    name = job.request.get("auto_promote")
+    if not name:
+        return False
+    # Recorded when the job was created: the alias's version then, or None if it did not exist.
+    expected = job.request.get("auto_promote_expected")
+    try:
+        aliases.move(
+            session,
+            name=name,
+            version_id=version_id,
+            actor=f"job {job.id}",
+            expected_version=expected,
+            reason=f"auto_promote after job {job.id} passed its gates",
+        )
+    except Conflict:
+        current = session.get(aliases.Alias, name)
+        found = None if current is None else current.model_version_id
+        jobs.append_event(
+            session,
+            job_id=job.id,
+            level="warn",
+            type="message",
+            message=messages.promotion_skipped(name, expected, found, version_id),
+        )
+        return False
+    jobs.append_event(
+        session, job_id=job.id, level="info", type="message", message=messages.promoted(name, version_id)
+    )
+    return True
