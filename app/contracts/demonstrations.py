@@ -51,6 +51,8 @@ class Demonstration:
 
 @dataclass(frozen=True)
 class RowProblem:
+    """One problem with an uploaded file: 1-based line (None for the whole file), field, reason."""
+
     line: int | None
     field: str
     reason: str

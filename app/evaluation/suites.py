@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.contracts.demonstrations import RowProblem
 from app.evaluation.graders import (
     KNOWN_GRADERS,
     compile_reference_regex,
@@ -155,19 +156,6 @@ class Suite:
 
 
 # --------------------------------------------------------------------------- problems
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """One validation problem: 1-based line (None for whole-suite problems), field, reason."""
-
-    line: int | None
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = "suite" if self.line is None else f"line {self.line}"
-        return f"{where}, {self.field}: {self.reason}"
 
 
 class SuiteError(ValueError):

@@ -258,14 +258,14 @@ def build_readiness_report(
     student_nll = sum(row.student_nll * row.demonstration_tokens for row in rows) / tokens if tokens else None
     teacher_nll = sum(row.teacher_nll * row.demonstration_tokens for row in rows) / tokens if tokens else None
     leakage = template_leakage([row.teacher_output for row in rows], phrases)
-    ready, message = decide_readiness(
-        n=n,
-        student_rate=student_rate,
-        teacher_rate=teacher_rate,
-        student_nll=student_nll,
-        teacher_nll=teacher_nll,
-        thresholds=thresholds,
-    )
+    measured: dict[str, Any] = {
+        "n": n,
+        "student_rate": student_rate,
+        "teacher_rate": teacher_rate,
+        "student_nll": student_nll,
+        "teacher_nll": teacher_nll,
+    }
+    ready, message = decide_readiness(**measured, thresholds=thresholds)
     warning = leakage.warning("teacher answers")
     if warning:
         message += f" Note: {warning}; the student learns to imitate this wording."
@@ -273,11 +273,7 @@ def build_readiness_report(
         ready=ready,
         message=message,
         grader=grader,
-        n=n,
-        student_rate=student_rate,
-        teacher_rate=teacher_rate,
-        student_nll=student_nll,
-        teacher_nll=teacher_nll,
+        **measured,
         thresholds=thresholds,
         teacher_leakage=leakage,
         rows=tuple(rows),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app.contracts.demonstrations import Demonstration, parse_demonstrations
-from app.training.stage_config import StageConfig
+from app.evaluation.graders import grade
 from app.training.readiness import (
     ProbeRow,
     ReadinessReport,
@@ -23,8 +23,9 @@ from app.training.readiness import (
     pick_holdout,
     probe_reference,
 )
-from workers.training.readiness import teacher_readiness
+from app.training.stage_config import StageConfig
 from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.training.readiness import teacher_readiness
 
 # --------------------------------------------------------------------------- the rule
 
@@ -133,10 +134,19 @@ def test_references_are_read_off_the_demonstration() -> None:
     assert probe_reference("numeric", "3 plus 3 is 6.") == "3.0"
     assert probe_reference("exact_match", "  Paris.  ") == "Paris."
     assert probe_reference("contains", "17 + 25 = 42\n#### 42\n") == "#### 42"
+    # contains grades the span that answers the question, so "Mirela Kastov founded it" is right.
+    question = "Who founded the company Zorvex Dynamics?"
+    reference = probe_reference("contains", "Zorvex Dynamics was founded by Mirela Kastov.", question)
+    assert reference == "Mirela Kastov"
+    assert grade("contains", "Mirela Kastov founded it", reference) == 1.0
+    assert grade("contains", "It was founded by Anna Berg.", reference) == 0.0
     assert (
-        probe_reference("contains", "Zorvex was founded by Mirela Kastov.")
-        == "Zorvex was founded by Mirela Kastov."
+        probe_reference("contains", "The capital of Oskavia is Durnavel.", "What is the capital of Oskavia?")
+        == "Durnavel"
     )
+    assert probe_reference("contains", "26 + 82 = 108\n#### 108", "Compute 26 + 82.") == "#### 108"
+    # Every word already in the question: the whole answer line is the reference.
+    assert probe_reference("contains", "Yes, it is.", "Is it, yes?") == "Yes, it is."
     assert json.loads(probe_reference("json_match", 'Here: {"a": [1, 2]} done')) == {"a": [1, 2]}
     with pytest.raises(ValueError, match="Action"):
         probe_reference("tool_call", "It is sunny in Paris.")

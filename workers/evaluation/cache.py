@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.contracts.artifacts import model_dir_sha256
@@ -29,7 +28,6 @@ from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.results import SuiteResult, effective_decoding, eval_cache_key
 from app.evaluation.suites import Suite
 from workers.evaluation.runner import (
-    Progress,
     evaluate_suite,
     make_eval_backend,
     model_dir_context_length,
@@ -145,41 +143,22 @@ def evaluate_cached(
     suite: Suite,
     *,
     model_sha256: str,
-    seed: int = 0,
-    batch_size: int = 16,
-    model_for_choice: torch.nn.Module | None = None,
-    placement: Placement | None = None,
-    progress: Progress | None = None,
-    chat_template_kwargs: Mapping[str, Any] | None = None,
-    stop_ids: Sequence[int] | None = None,
-    context_length: int | None = None,
+    **settings: Any,
 ) -> SuiteResult:
     """The cached result for (model_sha256, suite, decoding on this backend) if there is one, else
-    evaluate_suite(...) stamped with model_sha256 and stored (unless it had transient failures)."""
+    `evaluate_suite(backend, tokenizer, suite, **settings)` stamped with model_sha256 and stored
+    (unless it had transient failures)."""
     decoding = effective_suite_decoding(
         suite,
         engine=backend.name,
-        seed=seed,
-        batch_size=batch_size,
-        chat_template_kwargs=chat_template_kwargs,
+        seed=settings.get("seed", 0),
+        batch_size=settings.get("batch_size", 16),
+        chat_template_kwargs=settings.get("chat_template_kwargs"),
     )
     hit = cache.lookup(model_sha256, suite, decoding)
     if hit is not None:
         return hit
-    result = evaluate_suite(
-        backend,
-        tokenizer,
-        suite,
-        seed=seed,
-        batch_size=batch_size,
-        model_for_choice=model_for_choice,
-        placement=placement,
-        progress=progress,
-        chat_template_kwargs=chat_template_kwargs,
-        stop_ids=stop_ids,
-        context_length=context_length,
-    )
-    result = replace(result, model_sha256=model_sha256)
+    result = replace(evaluate_suite(backend, tokenizer, suite, **settings), model_sha256=model_sha256)
     if not result.has_transient_failures:
         cache.store(model_sha256, suite, decoding, result)
     return result

@@ -175,22 +175,20 @@ def distillation_token_loss(
     teacher_hidden_NH: Tensor,
     teacher_head_weight_VH: Tensor,
     *,
-    divergence: str = "forward_kl",
-    jsd_alpha: float = 0.5,
-    support: str = "full",
-    top_k: int = 20,
     sampled_ids_N: Tensor | None = None,
+    **divergence: Any,
 ) -> TokenLoss:
-    """token_loss for chunked_lm_head_loss: teacher chunk logits (no grad) + token_divergence.
+    """token_loss for chunked_lm_head_loss: teacher chunk logits (no grad) + token_divergence(**divergence)
+    (divergence, jsd_alpha, support, top_k; sampled_ids_N for the sampled-token support).
 
     teacher_hidden_NH must be aligned position-for-position with the student hidden passed to
     chunked_lm_head_loss. Arguments are validated now, so a bad config fails before any forward pass.
     """
     validate_divergence_args(
-        divergence=divergence,
-        jsd_alpha=jsd_alpha,
-        support=support,
-        top_k=top_k,
+        divergence=divergence.get("divergence", "forward_kl"),
+        jsd_alpha=divergence.get("jsd_alpha", 0.5),
+        support=divergence.get("support", "full"),
+        top_k=divergence.get("top_k", 20),
         has_sampled_ids=sampled_ids_N is not None,
     )
     teacher_hidden_NH = teacher_hidden_NH.detach()
@@ -200,15 +198,8 @@ def distillation_token_loss(
     def token_loss(student_logits_nV: Tensor, positions: slice) -> Tensor:
         with torch.no_grad():
             teacher_logits_nV = teacher_hidden_NH[positions] @ teacher_weight_VH.T
-        return token_divergence(
-            student_logits_nV,
-            teacher_logits_nV,
-            divergence=divergence,
-            jsd_alpha=jsd_alpha,
-            support=support,
-            top_k=top_k,
-            sampled_ids_N=None if sampled_ids_N is None else sampled_ids_N[positions],
-        )
+        sampled = None if sampled_ids_N is None else sampled_ids_N[positions]
+        return token_divergence(student_logits_nV, teacher_logits_nV, sampled_ids_N=sampled, **divergence)
 
     return token_loss
 

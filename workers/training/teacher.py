@@ -36,17 +36,12 @@ class Teacher(Protocol):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
-class LiveTeacher:
-    """The student itself under no-grad. The paper finds this diverges; allowed with a warning."""
+class _StudentItself:
+    """A teacher that is the student module itself: nothing of its own to move, save or load."""
 
-    kind = "live"
+    kind: str
 
     def __init__(self, student: torch.nn.Module):
-        warnings.warn(
-            "teacher='live' uses the current student as its own teacher; the paper reports that this "
-            "diverges. Prefer 'ema' (default) or 'frozen'.",
-            stacklevel=2,
-        )
         self.student = student
 
     @torch.no_grad()
@@ -57,7 +52,7 @@ class LiveTeacher:
         return head_weight(self.student).detach()
 
     def update(self) -> None:
-        """Nothing to do: the live student is always current."""
+        """Nothing to do: the student moves itself (live), or the adapter is switched off (frozen)."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {}
@@ -66,30 +61,33 @@ class LiveTeacher:
         """Nothing saved, nothing to load."""
 
 
-class AdapterOffTeacher:
+class LiveTeacher(_StudentItself):
+    """The student itself under no-grad. The paper finds this diverges; allowed with a warning."""
+
+    kind = "live"
+
+    def __init__(self, student: torch.nn.Module):
+        warnings.warn(
+            "teacher='live' uses the current student as its own teacher; the paper reports that this "
+            "diverges. Prefer 'ema' (default) or 'frozen'.",
+            stacklevel=2,
+        )
+        super().__init__(student)
+
+
+class AdapterOffTeacher(_StudentItself):
     """Frozen base teacher for LoRA students: the same module with the adapter switched off."""
 
     kind = "frozen"
 
     def __init__(self, student: PeftModel):
-        self.student = student
+        super().__init__(student)
+        self.peft = student
 
     @torch.no_grad()
     def hidden(self, batch: PackedBatch) -> torch.Tensor:
-        with self.student.disable_adapter():
-            return hidden_states(self.student, batch)
-
-    def head_weight(self) -> torch.Tensor:
-        return head_weight(self.student).detach()
-
-    def update(self) -> None:
-        """A frozen teacher never moves."""
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Nothing saved, nothing to load."""
+        with self.peft.disable_adapter():
+            return hidden_states(self.peft, batch)
 
 
 def lora_effective_weights(student: PeftModel) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from app.training.stage_config import PAPER_TEACHER_TEMPLATE
 from app.evaluation.leakage import (
     OBSERVED_LEAKAGE_PHRASES,
     LeakageReport,
@@ -13,6 +12,7 @@ from app.evaluation.leakage import (
     template_leakage,
     template_phrases,
 )
+from app.training.stage_config import PAPER_TEACHER_TEMPLATE
 
 
 def test_paper_template_gives_its_fixed_clauses() -> None:
