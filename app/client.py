@@ -185,14 +185,31 @@ def _tokens_create(args: argparse.Namespace) -> int:
     engine = make_engine(get_settings().database_url)
     try:
         with session_scope(make_sessionmaker(engine)) as session:
-            token, secret = create_token(session, name=args.name, scopes=[Scope(s) for s in args.scope])
+            token, secret = create_token(
+                session, name=args.name, scopes=[Scope(s) for s in args.scope], team=args.team
+            )
     finally:
         engine.dispose()
     print(
-        f"created {token.id} with scopes {', '.join(token.scopes)}; the token is shown only once:",
+        f"created {token.id} for team {token.team} with scopes {', '.join(token.scopes)}; "
+        "the token is shown only once:",
         file=sys.stderr,
     )
     print(secret)
+    return 0
+
+
+def _tokens_list(args: argparse.Namespace) -> int:
+    for token in ApiClient.from_environment().request("GET", "/v1/tokens")["data"]:
+        state = "revoked" if token["revoked_at"] else "active"
+        scopes = ",".join(token["scopes"]) or "-"
+        prefix = token["prefix"] or "-"
+        print(f"{token['id']}  {prefix:<13} {token['team']:<16} {state:<8} {scopes}  {token['name']}")
+    return 0
+
+
+def _tokens_revoke(args: argparse.Namespace) -> int:
+    _print(ApiClient.from_environment().request("DELETE", f"/v1/tokens/{args.token_id}"))
     return 0
 
 
@@ -292,14 +309,22 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     )
     serve.set_defaults(func=_serve)
 
-    tokens = subparsers.add_parser("tokens", help="API tokens (talks to the database directly)")
+    tokens = subparsers.add_parser("tokens", help="API tokens: create (on the database), list and revoke")
     tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
-    create = tokens_sub.add_parser("create", help="create a token and print it once")
+    create = tokens_sub.add_parser(
+        "create", help="create a token on the server's database and print it once (operators)"
+    )
     create.add_argument(
         "--scope", action="append", required=True, choices=["jobs:write", "models:promote", "admin"]
     )
     create.add_argument("--name", default="cli")
+    create.add_argument("--team", default="default", help="the team its files, suites and jobs belong to")
     create.set_defaults(func=_tokens_create)
+    listing = tokens_sub.add_parser("list", help="every token by prefix, team and state (admin)")
+    listing.set_defaults(func=_tokens_list)
+    revoke = tokens_sub.add_parser("revoke", help="revoke a token at once (admin)")
+    revoke.add_argument("token_id")
+    revoke.set_defaults(func=_tokens_revoke)
 
     files = subparsers.add_parser("files", help="uploaded files")
     files_sub = files.add_subparsers(dest="files_command", required=True)

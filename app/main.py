@@ -15,12 +15,14 @@ from fastapi import APIRouter, Depends, FastAPI
 from app.capacity import RequestSlots, request_slots, request_threads
 from app.db import make_engine, make_sessionmaker, read_only_sessions
 from app.errors import ERROR_SCHEMA, install_error_handlers
+from app.auth.router import router as tokens_router
 from app.files.router import router as files_router
 from app.health import router as health_router
 from app.inputs import BodySizeLimit, reject_nul_in_url
 from app.jobs.router import router as jobs_router
 from app.queue import TaskProducer, producer_info
-from app.registry.alias_router import router as aliases_router
+from app.registry.aliases.router import router as aliases_router
+from app.registry.forgetting.router import router as forgetting_router
 from app.registry.router import router as models_router
 from app.settings import Settings, get_settings
 from app.storage import make_store
@@ -79,7 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestSlots, slots=request_slots(settings), max_pending=settings.api_max_pending_requests
     )
     v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(reject_nul_in_url)])
-    for router in (files_router, suites_router, jobs_router, models_router, aliases_router):
+    for router in (
+        files_router,
+        suites_router,
+        jobs_router,
+        models_router,
+        aliases_router,
+        forgetting_router,
+        tokens_router,
+    ):
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health_router)

@@ -6,15 +6,34 @@ Paths left unset derive from ``data_dir``, so one variable moves the whole embed
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
+from app.contracts.rollout_settings import (
+    EngineName,
+    RolloutSettings,
+    default_engine,
+    rollout_settings_from_env,
+)
 
 MEGABYTE = 1024 * 1024
+# Cores left to the API processes beside a worker on one machine (`sdft up`): they wait on the
+# database and the network, so one core keeps them responsive.
+API_CORES = 1
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_worker_threads() -> int:
+    """Every core but the API's, at least one."""
+    return max(1, available_cores() - API_CORES)
 
 
 class Settings(BaseSettings):
@@ -54,6 +73,14 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(default=2 * 24 * 3600, ge=1)
     # Where rollouts are sampled: SDFT_ROLLOUT_* variables (see app.contracts.rollout_settings).
     rollout: RolloutSettings = Field(default_factory=rollout_settings_from_env)
+    # SDFT_EVAL_BACKEND: the engine the jobs' evaluations (parent, candidate, gate) generate with:
+    # vLLM where it is installed, else transformers; a vLLM engine that does not start falls back.
+    eval_backend: EngineName = Field(default_factory=default_engine)
+    # SDFT_WORKER_THREADS: torch threads of each worker process (and of its vLLM engine on CPU).
+    # Two torch processes that each use every core slow each other down 10-40x, so by default the
+    # worker takes the cores the API does not need (all but API_CORES, at least one); set it lower
+    # when other work shares the machine.
+    worker_threads: int = Field(default_factory=default_worker_threads, ge=1)
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

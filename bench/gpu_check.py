@@ -217,8 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # pragma: no cover - needs
     ]
     greedy = SamplingParams(max_new_tokens=16, temperature=0.0, stop_token_ids=stops)
 
-    def build(student: Any, tok: Any, where: Any) -> Any:
-        backend = factory(student, tok, where)
+    def build(student: Any, tok: Any, where: Any, shape: Any) -> Any:
+        backend = factory(student, tok, where, shape)
         assert isinstance(backend, VllmEngineBackend)
         probe["backend"], probe["student"] = backend, student
         sampled = SamplingParams(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from app.bootstrap import ensure_admin_token, ensure_database
 from app.db import make_engine, make_sessionmaker, session_scope
-from app.registry import aliases
 from app.registry import service as registry
+from app.registry.aliases import service as aliases
 from app.settings import Settings
 
 DEFAULT_ALIAS = "production"
@@ -78,16 +78,22 @@ def worker_command(queues: str = "default,gpu", concurrency: int = 1) -> list[st
     ]
 
 
-def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The worker's environment: this process's settings, including the torch threads it may use
+    (every core but the API's by default: two processes on all cores slow each other down)."""
+    return {
         **os.environ,
         "SDFT_DATA_DIR": str(settings.data_dir),
         "SDFT_DATABASE_URL": settings.database_url,
         "SDFT_BROKER_URL": settings.broker_url,
         "SDFT_STORAGE_DIR": str(settings.storage_path),
+        "SDFT_WORKER_THREADS": str(settings.worker_threads),
     }
+
+
+def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
     log = (log_path or settings.data_dir / "worker.log").open("ab")
-    return subprocess.Popen(worker_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(worker_command(), env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -116,7 +122,11 @@ def up(
     print(f"sdft: base {booted.base_version_id} is alias '{DEFAULT_ALIAS}'", file=sys.stderr)
     process = start_worker(settings) if worker else None
     if process is not None:
-        print(f"sdft: worker pid {process.pid}, log {settings.data_dir / 'worker.log'}", file=sys.stderr)
+        print(
+            f"sdft: worker pid {process.pid} ({settings.worker_threads} torch threads), "
+            f"log {settings.data_dir / 'worker.log'}",
+            file=sys.stderr,
+        )
     else:
         print("sdft: no worker started (--no-worker): jobs wait in the queue", file=sys.stderr)
     workers = api_workers or settings.api_workers

@@ -95,12 +95,22 @@ def train_job_task(self: Task, job_id: str) -> str:
         lease_ttl_seconds=settings.lease_ttl_seconds,
         backend_factory=make_backend_factory(settings.rollout),
         rollout_backend=settings.rollout.backend,
+        eval_backend=settings.eval_backend,
     )
     try:
         return run_job(job_id, ctx)
     except LineageBusy as busy:
         # Not an error: one writer per lineage. Check again later, without counting a retry.
         raise self.retry(countdown=settings.lineage_wait_seconds, max_retries=None, exc=busy) from None
+
+
+@signals.worker_process_init.connect
+def set_worker_threads(**_: Any) -> None:
+    """Each process that runs jobs computes on `SDFT_WORKER_THREADS` torch threads, set before any
+    vLLM engine starts (a CPU engine computes on the threads torch has when it starts)."""
+    import torch
+
+    torch.set_num_threads(get_settings().worker_threads)
 
 
 @signals.worker_ready.connect

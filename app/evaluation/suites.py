@@ -140,7 +140,9 @@ def _canonical_sha256(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class Suite:
+class EvalSuite:
+    """A suite as evaluation sees it: metadata and parsed items (the stored row is app.suites' Suite)."""
+
     meta: SuiteMeta
     items: tuple[SuiteItem, ...]
 
@@ -356,7 +358,7 @@ def _parse_row(
 # --------------------------------------------------------------------------- public API
 
 
-def parse_suite_jsonl(text: str, meta: SuiteMeta) -> Suite:
+def parse_suite_jsonl(text: str, meta: SuiteMeta) -> EvalSuite:
     """Parse and validate a JSONL suite; raises SuiteError listing every problem found.
 
     Blank lines are skipped but still counted, so reported line numbers match the file.
@@ -394,16 +396,16 @@ def parse_suite_jsonl(text: str, meta: SuiteMeta) -> Suite:
         problems.append(RowProblem(None, "suite", "suite has no items"))
     if problems:
         raise SuiteError(problems)
-    return Suite(meta=meta, items=tuple(items))
+    return EvalSuite(meta=meta, items=tuple(items))
 
 
-def load_suite_file(path: str | Path, meta: SuiteMeta) -> Suite:
+def load_suite_file(path: str | Path, meta: SuiteMeta) -> EvalSuite:
     """Read a UTF-8 JSONL file and parse it with parse_suite_jsonl."""
     return parse_suite_jsonl(Path(path).read_text(encoding="utf-8"), meta)
 
 
 def check_prompt_lengths(
-    suite: Suite, count_tokens: Callable[[list[MessageDict]], int], max_tokens: int
+    suite: EvalSuite, count_tokens: Callable[[list[MessageDict]], int], max_tokens: int
 ) -> list[RowProblem]:
     """Items whose prompt is longer than max_tokens, as counted by the caller's tokenizer.
 

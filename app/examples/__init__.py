@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.contracts.demonstrations import Demonstration, parse_demonstrations
-from app.evaluation.suites import DecodingConfig, Suite, SuiteMeta, parse_suite_jsonl
+from app.evaluation.suites import DecodingConfig, EvalSuite, SuiteMeta, parse_suite_jsonl
 
 EXAMPLE_DIR = Path(__file__).resolve().parent / "data"
 Split = Literal["validation", "test"]
@@ -51,7 +51,7 @@ class SuiteData:
             tolerance=self.tolerance,
         )
 
-    def suite(self) -> Suite:
+    def suite(self) -> EvalSuite:
         return parse_suite_jsonl(load_text(self.file), self.meta())
 
 
@@ -81,7 +81,7 @@ class SkillData:
         return tuple(name for name in (self.train, self.validation, self.test) if name is not None)
 
     def suite_meta(self, split: Split = "test") -> SuiteMeta:
-        """Suite metadata; the test suite is named after the skill, validation gets a "-val" suffix."""
+        """EvalSuite metadata; the test suite is named after the skill, validation gets a "-val" suffix."""
         return SuiteMeta(
             name=self.name if split == "test" else f"{self.name}-val",
             grader=self.grader,
@@ -98,7 +98,7 @@ class SkillData:
             raise ValueError(f"skill {self.name!r} has no validation split")
         return self.validation
 
-    def suite(self, split: Split = "test") -> Suite:
+    def suite(self, split: Split = "test") -> EvalSuite:
         return parse_suite_jsonl(load_text(self.suite_file(split)), self.suite_meta(split))
 
     def demonstrations(self) -> list[Demonstration]:

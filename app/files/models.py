@@ -21,4 +21,6 @@ class UploadedFile(Base):
     status: Mapped[str] = mapped_column(String(16))
     preflight: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     created_by: Mapped[str] = mapped_column(ForeignKey("api_token.id"))
+    # The creating token's team: only it (and admins) can see or use the file.
+    team: Mapped[str] = mapped_column(String(64), index=True, default="default", server_default="default")
     created_at: Mapped[int]

@@ -57,5 +57,5 @@ def upload_file(
 
 
 @router.get("/{file_id}", response_model=FileRead)
-def get_file(file_id: str, session: SessionDep, _principal: CurrentPrincipal) -> FileRead:
-    return FileRead.of(service.get_file(session, file_id))
+def get_file(file_id: str, session: SessionDep, principal: CurrentPrincipal) -> FileRead:
+    return FileRead.of(service.get_file(session, file_id, viewer=principal))

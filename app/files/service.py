@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 from sqlalchemy.orm import Session
 
-from app.auth.service import Principal
+from app.auth.service import Principal, can_see
 from app.db import new_id, now
 from app.errors import BadRequest, NotFound, Unprocessable
 from app.files.models import UploadedFile
@@ -158,6 +158,7 @@ def create_file(
         status=FileStatus.READY,
         preflight=report,
         created_by=principal.token_id,
+        team=principal.team,
         created_at=now(),
     )
     session.add(row)
@@ -165,16 +166,21 @@ def create_file(
     return row
 
 
-def get_file(session: Session, file_id: str, *, param: str = "id") -> UploadedFile:
+def get_file(
+    session: Session, file_id: str, *, param: str = "id", viewer: Principal | None = None
+) -> UploadedFile:
+    """The file; 404 when it does not exist or belongs to another team than `viewer`'s."""
     row = session.get(UploadedFile, file_id)
-    if row is None:
+    if row is None or not can_see(viewer, row.team):
         raise NotFound(f"no file {file_id!r}", code="file_not_found", param=param)
     return row
 
 
-def require_ready_file(session: Session, file_id: str, *, purpose: FilePurpose, param: str) -> UploadedFile:
-    """The file, checked to exist, be ready and have the purpose the caller needs (422 otherwise)."""
-    row = get_file(session, file_id, param=param)
+def require_ready_file(
+    session: Session, file_id: str, *, purpose: FilePurpose, param: str, viewer: Principal | None = None
+) -> UploadedFile:
+    """The file, checked to exist (for `viewer`), be ready and have the purpose the caller needs."""
+    row = get_file(session, file_id, param=param, viewer=viewer)
     if row.purpose != purpose:
         raise Unprocessable(
             f"{file_id} was uploaded as {row.purpose}, not {purpose}", code="wrong_file_purpose", param=param

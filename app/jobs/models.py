@@ -14,6 +14,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_token_id: Mapped[str] = mapped_column(ForeignKey("api_token.id"))
+    # The creating token's team: only it (and admins) can see, follow or cancel the job.
+    team: Mapped[str] = mapped_column(String(64), index=True, default="default", server_default="default")
     status: Mapped[str] = mapped_column(String(16), index=True)
     base_version_id: Mapped[str] = mapped_column(ForeignKey("model_version.id"))
     # The validated request: stages with their StageConfig dumps, general suites, auto_promote.

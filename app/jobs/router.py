@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import CurrentPrincipal, JobsWriter
@@ -16,10 +15,10 @@ from app.db import SessionDep
 from app.deps import SettingsDep
 from app.inputs import check_text
 from app.jobs import service
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import JobEvent
 from app.jobs.schemas import EventRead, JobCreate, JobRead
 from app.jobs.states import JobStatus, is_terminal
-from app.pagination import AfterQuery, LimitQuery, ListResponse, list_response, paginate
+from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -48,25 +47,26 @@ def create_job(
 @router.get("", response_model=ListResponse[JobRead])
 def list_jobs(
     session: SessionDep,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     status: JobStatus | None = None,
     base: Annotated[str | None, Query(max_length=100, description="base version id")] = None,
     after: AfterQuery = None,
-    limit: LimitQuery = 20,
+    limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListResponse[JobRead]:
-    stmt = select(Job).where(*service.list_filters(status=status, base=base))
-    rows, has_more = paginate(session, stmt, Job.id, after=after, limit=limit)
+    rows, has_more = service.list_jobs(
+        session, viewer=principal, status=status, base=base, after=after, limit=limit
+    )
     return list_response(rows, has_more, JobRead.of)
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, session: SessionDep, _principal: CurrentPrincipal) -> JobRead:
-    return JobRead.of(service.get_job(session, job_id))
+def get_job(job_id: str, session: SessionDep, principal: CurrentPrincipal) -> JobRead:
+    return JobRead.of(service.get_job(session, job_id, viewer=principal))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
 def cancel_job(job_id: str, session: SessionDep, principal: JobsWriter) -> JobRead:
-    return JobRead.of(service.cancel_job(session, job_id=job_id, actor=principal.actor))
+    return JobRead.of(service.cancel_job(session, job_id=job_id, actor=principal.actor, viewer=principal))
 
 
 @router.get(
@@ -81,16 +81,16 @@ def list_events(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     after: AfterQuery = None,
-    limit: LimitQuery = 20,
+    limit: LimitQuery = DEFAULT_LIMIT,
     stream: bool = False,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
 ) -> ListResponse[EventRead] | StreamingResponse:
     """Events newest first, paged; with `?stream=true`, server-sent events oldest first from
     `Last-Event-ID` (or the start), ending once the job is terminal and every event was sent."""
     check_text(last_event_id, param="Last-Event-ID")
-    service.get_job(session, job_id)
+    service.get_job(session, job_id, viewer=principal)
     if stream:
         start = (
             service.event_seq(session, job_id, last_event_id, param="Last-Event-ID") if last_event_id else 0
@@ -106,9 +106,7 @@ def list_events(
         return StreamingResponse(
             generator, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
-    after_seq = service.event_seq(session, job_id, after, param="after") if after else None
-    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
-    rows, has_more = paginate(session, stmt, JobEvent.seq, after=after_seq, limit=limit)
+    rows, has_more = service.events_page(session, job_id, after=after, limit=limit)
     return list_response(rows, has_more, EventRead.of)
 
 
@@ -128,7 +126,8 @@ async def _event_stream(
 
     def fetch(after: int) -> tuple[str, list[JobEvent]]:
         with sessionmaker() as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            status = service.status_of(session, job_id)
+            assert status is not None  # checked before the stream started; jobs are never deleted
             return status, list(service.events_after(session, job_id, after, SSE_BATCH))
 
     started = last_write = time.monotonic()

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from app.inputs import RequestModel
 from app.jobs.models import Job, JobEvent
-from app.registry.aliases import ALIAS_NAME_PATTERN
+from app.registry.aliases.service import ALIAS_NAME_PATTERN
 from app.training.stage_config import Method
 
 SKILL_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"

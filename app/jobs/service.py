@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from app.auth.service import Principal, Scope
+from app.auth.service import Principal, Scope, can_see, team_filter
 from app.db import new_id, now
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
 from app.files import service as files
@@ -26,6 +26,7 @@ from app.files.service import FilePurpose
 from app.jobs.models import Job, JobEvent, JobTransition
 from app.jobs.schemas import JobCreate, StageCreate
 from app.jobs.states import JobStatus, check_transition, is_terminal
+from app.pagination import paginate
 from app.queue import TaskName, enqueue_after_commit
 from app.registry import service as registry
 from app.registry.models import Alias
@@ -52,7 +53,7 @@ def request_sha256(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_suites(session: Session, suite_ids: Sequence[str], param: str) -> None:
+def _check_suites(session: Session, suite_ids: Sequence[str], param: str, viewer: Principal) -> None:
     seen: set[str] = set()
     for j, suite_id in enumerate(suite_ids):
         if suite_id in seen:
@@ -60,10 +61,12 @@ def _check_suites(session: Session, suite_ids: Sequence[str], param: str) -> Non
                 f"suite {suite_id} is listed twice", code="duplicate_suite", param=f"{param}[{j}]"
             )
         seen.add(suite_id)
-        suites.get_suite(session, suite_id, param=f"{param}[{j}]")
+        suites.get_suite(session, suite_id, param=f"{param}[{j}]", viewer=viewer)
 
 
-def _validated_stage(session: Session, stage: StageCreate, index: int) -> dict[str, Any]:
+def _validated_stage(
+    session: Session, principal: Principal, stage: StageCreate, index: int
+) -> dict[str, Any]:
     where = f"stages[{index}]"
     if "method" in stage.hyperparameters:
         raise Unprocessable(
@@ -72,9 +75,13 @@ def _validated_stage(session: Session, stage: StageCreate, index: int) -> dict[s
             param=f"{where}.hyperparameters.method",
         )
     training_file = files.require_ready_file(
-        session, stage.training_file, purpose=FilePurpose.DEMONSTRATIONS, param=f"{where}.training_file"
+        session,
+        stage.training_file,
+        purpose=FilePurpose.DEMONSTRATIONS,
+        param=f"{where}.training_file",
+        viewer=principal,
     )
-    _check_suites(session, stage.suites, f"{where}.suites")
+    _check_suites(session, stage.suites, f"{where}.suites", principal)
     try:
         config = parse_stage_config({**stage.hyperparameters, "method": stage.method})
     except ConfigError as exc:
@@ -121,8 +128,8 @@ def _validated_request(session: Session, principal: Principal, body: JobCreate) 
                 param=f"stages[{i}].skill",
             )
         skills.add(stage.skill)
-        stages.append(_validated_stage(session, stage, i))
-    _check_suites(session, body.general_suites, "general_suites")
+        stages.append(_validated_stage(session, principal, stage, i))
+    _check_suites(session, body.general_suites, "general_suites", principal)
     request = {
         "base": body.base,
         "stages": stages,
@@ -168,6 +175,7 @@ def create_job(
     job = Job(
         id=new_id("job"),
         owner_token_id=principal.token_id,
+        team=principal.team,
         status=JobStatus.VALIDATING,
         base_version_id=base_version_id,
         request=request,
@@ -205,20 +213,43 @@ def create_job(
 # --------------------------------------------------------------------------- reads
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, *, viewer: Principal | None = None) -> Job:
+    """The job; 404 when it does not exist or belongs to another team than `viewer`'s."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not can_see(viewer, job.team):
         raise NotFound(f"no job {job_id!r}", code="job_not_found", param="id")
     return job
 
 
-def list_filters(*, status: JobStatus | None, base: str | None) -> list[ColumnElement[bool]]:
-    filters: list[ColumnElement[bool]] = []
+def list_jobs(
+    session: Session,
+    *,
+    viewer: Principal,
+    status: JobStatus | None,
+    base: str | None,
+    after: str | None,
+    limit: int,
+) -> tuple[Sequence[Job], bool]:
+    """A page of the jobs `viewer` may see, newest first."""
+    filters: list[ColumnElement[bool]] = team_filter(viewer, Job.team)
     if status is not None:
         filters.append(Job.status == str(status))
     if base is not None:
         filters.append(Job.base_version_id == base)
-    return filters
+    return paginate(session, select(Job).where(*filters), Job.id, after=after, limit=limit)
+
+
+def events_page(
+    session: Session, job_id: str, *, after: str | None, limit: int
+) -> tuple[Sequence[JobEvent], bool]:
+    """A page of a job's events, newest first; `after` is an event id."""
+    after_seq = event_seq(session, job_id, after, param="after") if after else None
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    return paginate(session, stmt, JobEvent.seq, after=after_seq, limit=limit)
+
+
+def status_of(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
 # --------------------------------------------------------------------------- status moves
@@ -303,11 +334,11 @@ def update_progress(session: Session, job_id: str, *, expected_status: JobStatus
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def cancel_job(session: Session, *, job_id: str, actor: str) -> Job:
+def cancel_job(session: Session, *, job_id: str, actor: str, viewer: Principal | None = None) -> Job:
     """Compare-and-set the job to cancelled from whatever non-terminal status it is in; 409 if it ended.
     Workers notice through a failed advance/update_progress and stop."""
     for _attempt in range(CANCEL_ATTEMPTS):
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, viewer=viewer)
         session.refresh(job)
         status = JobStatus(job.status)
         if is_terminal(status):

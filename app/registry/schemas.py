@@ -4,8 +4,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.auth.service import Principal
 from app.inputs import RequestModel
-from app.registry.models import Alias, AliasHistory, ModelVersion, Score
+from app.registry.models import ModelVersion, Score
 
 
 class ModelRegister(RequestModel):
@@ -24,7 +25,7 @@ class ModelVersionRead(BaseModel):
     number: int
     job_id: str | None
     skill: str | None
-    checkpoint_uri: str
+    checkpoint_uri: str | None = Field(description="where the weights are stored; shown to admins only")
     checkpoint_sha256: str
     status: str
     gate_report: dict[str, Any] | None
@@ -34,7 +35,7 @@ class ModelVersionRead(BaseModel):
     created_at: int
 
     @classmethod
-    def of(cls, v: ModelVersion) -> ModelVersionRead:
+    def of(cls, v: ModelVersion, viewer: Principal | None = None) -> ModelVersionRead:
         return cls(
             id=v.id,
             name=v.name,
@@ -44,7 +45,7 @@ class ModelVersionRead(BaseModel):
             number=v.number,
             job_id=v.job_id,
             skill=v.skill,
-            checkpoint_uri=v.checkpoint_uri,
+            checkpoint_uri=v.checkpoint_uri if viewer is None or viewer.is_admin else None,
             checkpoint_sha256=v.checkpoint_sha256,
             status=v.status,
             gate_report=v.gate_report,
@@ -85,62 +86,4 @@ class ScoreRead(BaseModel):
             n=s.n,
             per_item=s.per_item if per_item else None,
             created_at=s.created_at,
-        )
-
-
-class AliasMove(RequestModel):
-    """Omit expected_version to move unconditionally; null means "the alias must not exist yet"."""
-
-    version: str = Field(max_length=100)
-    expected_version: str | None = Field(default=None, max_length=100)
-    force: bool = False
-    reason: str | None = Field(default=None, max_length=2000)
-
-
-class AliasRollback(RequestModel):
-    expected_version: str | None = Field(default=None, max_length=100)
-    reason: str | None = Field(default=None, max_length=2000)
-
-
-class AliasRead(BaseModel):
-    name: str
-    object: Literal["alias"] = "alias"
-    version: str
-    created_at: int
-    updated_at: int
-
-    @classmethod
-    def of(cls, alias: Alias) -> AliasRead:
-        return cls(
-            name=alias.name,
-            version=alias.model_version_id,
-            created_at=alias.created_at,
-            updated_at=alias.updated_at,
-        )
-
-
-class AliasHistoryRead(BaseModel):
-    id: str
-    object: Literal["alias.change"] = "alias.change"
-    alias: str
-    action: str
-    from_version: str | None
-    to_version: str
-    actor: str
-    reason: str | None
-    forced: bool
-    created_at: int
-
-    @classmethod
-    def of(cls, h: AliasHistory) -> AliasHistoryRead:
-        return cls(
-            id=h.id,
-            alias=h.alias_name,
-            action=h.action,
-            from_version=h.from_version_id,
-            to_version=h.to_version_id,
-            actor=h.actor,
-            reason=h.reason,
-            forced=h.forced,
-            created_at=h.created_at,
         )

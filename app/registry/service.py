@@ -16,10 +16,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.auth.service import Principal, can_see
 from app.contracts.artifacts import model_dir_sha256
 from app.db import new_id, now
 from app.errors import Conflict, NotFound, Unprocessable
-from app.evaluation.forgetting import ForgettingMatrix, SuiteScore, VersionScores, forgetting_matrix
+from app.pagination import paginate
 from app.registry.model_dir import model_dir_problems
 from app.registry.models import Alias, ModelVersion, Score
 from app.storage import file_uri_to_path
@@ -280,23 +281,24 @@ def version_label(version: ModelVersion) -> str:
     return version.name or f"v{version.number} {version.skill}"
 
 
-def lineage_matrix(session: Session, version_id: str) -> ForgettingMatrix:
-    """Versions (root first) x suites (by name) of the lineage ending at `version_id`, from recorded
-    scores in points. Where a version has several scores for a suite (decoding setups), the latest wins."""
-    chain = list(reversed(lineage(session, version_id)))
-    rows = session.execute(
-        select(Score, Suite.name)
-        .join(Suite, Suite.suite_sha256 == Score.suite_sha256)
-        .where(Score.model_version_id.in_([v.id for v in chain]))
-        .order_by(Score.id)
-    ).all()
-    by_version: dict[str, dict[str, SuiteScore]] = {v.id: {} for v in chain}
-    for score, suite_name in rows:
-        low = score.ci_low if score.ci_low is not None else score.score
-        high = score.ci_high if score.ci_high is not None else score.score
-        by_version[score.model_version_id][suite_name] = SuiteScore(
-            score=score.score, ci_low=low, ci_high=high
-        )
-    return forgetting_matrix(
-        [VersionScores(version_id=v.id, label=version_label(v), scores=by_version[v.id]) for v in chain]
+def list_versions(
+    session: Session, *, status: VersionStatus | None, base: str | None, after: str | None, limit: int
+) -> tuple[Sequence[ModelVersion], bool]:
+    """A page of versions, newest first, optionally of one status or one lineage (root id)."""
+    stmt = select(ModelVersion)
+    if status is not None:
+        stmt = stmt.where(ModelVersion.status == str(status))
+    if base is not None:
+        stmt = stmt.where(ModelVersion.base_id == base)
+    return paginate(session, stmt, ModelVersion.id, after=after, limit=limit)
+
+
+def suites_readable_by(session: Session, viewer: Principal, scores: Sequence[Score]) -> set[str | None]:
+    """The suite ids among `scores` whose per-item outputs `viewer` may read."""
+    ids = {score.suite_id for score in scores if score.suite_id is not None}
+    if not ids:
+        return set()
+    teams: dict[str, str] = dict(
+        session.execute(select(Suite.id, Suite.team).where(Suite.id.in_(ids))).tuples().all()
     )
+    return {suite_id for suite_id, team in teams.items() if can_see(viewer, team)}

@@ -24,4 +24,6 @@ class Suite(Base):
     suite_sha256: Mapped[str] = mapped_column(String(64))
     num_items: Mapped[int]
     created_by: Mapped[str] = mapped_column(ForeignKey("api_token.id"))
+    # The creating token's team: only it (and admins) can see or use the suite.
+    team: Mapped[str] = mapped_column(String(64), index=True, default="default", server_default="default")
     created_at: Mapped[int]

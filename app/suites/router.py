@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
 
 from app.auth.dependencies import CurrentPrincipal, JobsWriter
 from app.db import SessionDep
 from app.deps import StoreDep
-from app.pagination import AfterQuery, LimitQuery, ListResponse, list_response, paginate
+from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
 from app.suites import service
-from app.suites.models import Suite
 from app.suites.schemas import SuiteCreate, SuiteRead
 
 router = APIRouter(prefix="/suites", tags=["suites"])
@@ -26,12 +24,15 @@ def create_suite(
 
 @router.get("", response_model=ListResponse[SuiteRead])
 def list_suites(
-    session: SessionDep, _principal: CurrentPrincipal, after: AfterQuery = None, limit: LimitQuery = 20
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    after: AfterQuery = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListResponse[SuiteRead]:
-    rows, has_more = paginate(session, select(Suite), Suite.id, after=after, limit=limit)
+    rows, has_more = service.list_suites(session, viewer=principal, after=after, limit=limit)
     return list_response(rows, has_more, SuiteRead.of)
 
 
 @router.get("/{suite_id}", response_model=SuiteRead)
-def get_suite(suite_id: str, session: SessionDep, _principal: CurrentPrincipal) -> SuiteRead:
-    return SuiteRead.of(service.get_suite(session, suite_id))
+def get_suite(suite_id: str, session: SessionDep, principal: CurrentPrincipal) -> SuiteRead:
+    return SuiteRead.of(service.get_suite(session, suite_id, viewer=principal))

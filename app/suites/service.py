@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.auth.service import Principal
+from app.auth.service import Principal, can_see, team_filter
 from app.db import new_id, now
 from app.errors import Conflict, NotFound, Unprocessable, loc_to_param
-from app.evaluation.suites import DecodingConfig, SuiteError, SuiteMeta, parse_suite_jsonl
-from app.evaluation.suites import Suite as ParsedSuite
+from app.evaluation.suites import DecodingConfig, EvalSuite, SuiteError, SuiteMeta, parse_suite_jsonl
 from app.files import service as files
 from app.files.service import FilePurpose
+from app.pagination import paginate
 from app.storage import Store
 from app.suites.models import Suite
 from app.suites.schemas import SuiteCreate
@@ -48,7 +50,7 @@ def create_suite(
     existing suite; the same name with anything different is a 409 (names are unique)."""
     meta = suite_meta(body)
     file_row = files.require_ready_file(
-        session, body.file, purpose=FilePurpose.REGRESSION_SUITE, param="file"
+        session, body.file, purpose=FilePurpose.REGRESSION_SUITE, param="file", viewer=principal
     )
     try:
         parsed = parse_suite_jsonl(files.read_text(store, file_row), meta)
@@ -62,13 +64,7 @@ def create_suite(
         ) from None
     existing = session.scalar(select(Suite).where(Suite.name == meta.name))
     if existing is not None:
-        if existing.suite_sha256 == parsed.sha256:
-            return existing, False
-        raise Conflict(
-            f"a different suite is already named {meta.name!r} ({existing.id})",
-            code="suite_exists",
-            param="name",
-        )
+        return _same_name(existing, parsed, principal), False
     row = Suite(
         id=new_id("suite"),
         name=meta.name,
@@ -81,21 +77,52 @@ def create_suite(
         suite_sha256=parsed.sha256,
         num_items=len(parsed),
         created_by=principal.token_id,
+        team=principal.team,
         created_at=now(),
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # the same name was created concurrently
+        raced = session.scalar(select(Suite).where(Suite.name == meta.name))
+        if raced is None:
+            raise
+        return _same_name(raced, parsed, principal), False
     return row, True
 
 
-def get_suite(session: Session, suite_id: str, *, param: str = "id") -> Suite:
+def _same_name(existing: Suite, parsed: EvalSuite, principal: Principal) -> Suite:
+    """Posting an existing name: the same suite again is that suite; anything else is a 409. Names are
+    unique across teams (the forgetting matrix keys suites by name), but another team's suite stays
+    invisible: the 409 names no id."""
+    if existing.suite_sha256 == parsed.sha256 and can_see(principal, existing.team):
+        return existing
+    owned = can_see(principal, existing.team)
+    raise Conflict(
+        f"a different suite is already named {existing.name!r}" + (f" ({existing.id})" if owned else ""),
+        code="suite_exists",
+        param="name",
+    )
+
+
+def get_suite(
+    session: Session, suite_id: str, *, param: str = "id", viewer: Principal | None = None
+) -> Suite:
+    """The suite; 404 when it does not exist or belongs to another team than `viewer`'s."""
     row = session.get(Suite, suite_id)
-    if row is None:
+    if row is None or not can_see(viewer, row.team):
         raise NotFound(f"no suite {suite_id!r}", code="suite_not_found", param=param)
     return row
 
 
-def load_suite(session: Session, store: Store, suite_id: str) -> ParsedSuite:
+def list_suites(
+    session: Session, *, viewer: Principal, after: str | None, limit: int
+) -> tuple[Sequence[Suite], bool]:
+    stmt = select(Suite).where(*team_filter(viewer, Suite.team))
+    return paginate(session, stmt, Suite.id, after=after, limit=limit)
+
+
+def load_suite(session: Session, store: Store, suite_id: str) -> EvalSuite:
     """The parsed suite for evaluation (workers), checked against the sha256 recorded at creation."""
     row = get_suite(session, suite_id)
     meta = SuiteMeta(

@@ -12,14 +12,14 @@ import pytest
 from app import examples
 from app.contracts.demonstrations import parse_demonstrations
 from app.evaluation.graders import grade, normalize_text
-from app.evaluation.suites import Suite
+from app.evaluation.suites import EvalSuite
 from app.examples import generate
 
 DATA = examples.EXAMPLE_DIR
 EXPERIMENT = [examples.SKILLS[name] for name in examples.EXPERIMENT_STAGES]
 
 
-def _suites(skill: examples.SkillData) -> list[Suite]:
+def _suites(skill: examples.SkillData) -> list[EvalSuite]:
     splits: list[examples.Split] = ["test"] if skill.validation is None else ["validation", "test"]
     return [skill.suite(split) for split in splits]
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.contracts.rollout_settings import default_engine
 from workers.cli.common import report_problems
 
 EVAL_SUITES_HELP = (
@@ -84,6 +85,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "model_dir": str(evaluation.model_dir),
             "model_sha256": evaluation.model_sha256,
             "backend": args.backend,
+            # What generated: the backend asked for, or transformers where a vLLM engine did not
+            # start; None when every suite came from the cache.
+            "engine": evaluation.engine,
             "suites": [
                 {**result.to_dict(), "cached": cached}
                 for result, cached in zip(evaluation.results, evaluation.cached, strict=True)
@@ -181,7 +185,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def _add_engine_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
     parser.add_argument("--grader", help="grader for suites without a sidecar (default: exact_match)")
-    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default=default_engine(),
+        help="generation engine (default: vllm where installed; transformers if its engine does not start)",
+    )
     parser.add_argument("--max-new-tokens", type=int, help="override the suites' decoding.max_new_tokens")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help=seed_help)

@@ -26,9 +26,10 @@ from transformers import PreTrainedTokenizerBase
 from app.contracts.artifacts import model_dir_sha256
 from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.results import SuiteResult, effective_decoding, eval_cache_key
-from app.evaluation.suites import Suite
+from app.evaluation.suites import EvalSuite
 from workers.evaluation.runner import (
     evaluate_suite,
+    generation_shape,
     make_eval_backend,
     model_dir_context_length,
 )
@@ -41,10 +42,12 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 class ScoreCache(Protocol):
     """Where evaluation results are kept, by (checkpoint sha, suite, effective decoding)."""
 
-    def lookup(self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any]) -> SuiteResult | None: ...
+    def lookup(
+        self, model_sha256: str, suite: EvalSuite, decoding: Mapping[str, Any]
+    ) -> SuiteResult | None: ...
 
     def store(
-        self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any], result: SuiteResult
+        self, model_sha256: str, suite: EvalSuite, decoding: Mapping[str, Any], result: SuiteResult
     ) -> None: ...
 
 
@@ -54,11 +57,11 @@ class EvalCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def lookup(self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any]) -> SuiteResult | None:
+    def lookup(self, model_sha256: str, suite: EvalSuite, decoding: Mapping[str, Any]) -> SuiteResult | None:
         return _usable_hit(self.get(eval_cache_key(model_sha256, suite.sha256, decoding)), suite)
 
     def store(
-        self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any], result: SuiteResult
+        self, model_sha256: str, suite: EvalSuite, decoding: Mapping[str, Any], result: SuiteResult
     ) -> None:
         self.put(eval_cache_key(model_sha256, suite.sha256, decoding), result)
 
@@ -98,7 +101,7 @@ class EvalCache:
 
 
 def effective_suite_decoding(
-    suite: Suite,
+    suite: EvalSuite,
     *,
     engine: str,
     seed: int = 0,
@@ -117,7 +120,7 @@ def effective_suite_decoding(
 
 def suite_cache_key(
     model_sha256: str,
-    suite: Suite,
+    suite: EvalSuite,
     *,
     engine: str,
     seed: int = 0,
@@ -131,7 +134,7 @@ def suite_cache_key(
     return eval_cache_key(model_sha256, suite.sha256, decoding)
 
 
-def _usable_hit(hit: SuiteResult | None, suite: Suite) -> SuiteResult | None:
+def _usable_hit(hit: SuiteResult | None, suite: EvalSuite) -> SuiteResult | None:
     # A hit for other content under the same key would mean a corrupted or hand-edited cache.
     return hit if hit is not None and hit.suite_sha256 == suite.sha256 else None
 
@@ -140,7 +143,7 @@ def evaluate_cached(
     cache: ScoreCache,
     backend: RolloutBackend,
     tokenizer: PreTrainedTokenizerBase,
-    suite: Suite,
+    suite: EvalSuite,
     *,
     model_sha256: str,
     **settings: Any,
@@ -166,17 +169,20 @@ def evaluate_cached(
 
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """Every requested suite's result for one model directory; cached[i] says results[i] was reused."""
+    """Every requested suite's result for one model directory; cached[i] says results[i] was reused.
+    `engine` generated the rest: the one asked for, or transformers when a vLLM engine did not start
+    (None: everything came from the cache)."""
 
     model_dir: Path
     model_sha256: str
     results: tuple[SuiteResult, ...]
     cached: tuple[bool, ...]
+    engine: str | None = None
 
 
 def evaluate_model_dir(
     model_dir: str | Path,
-    suites: Sequence[Suite],
+    suites: Sequence[EvalSuite],
     *,
     backend_kind: str = "transformers",
     cache: ScoreCache | None = None,
@@ -208,6 +214,7 @@ def evaluate_model_dir(
             results[index] = cache.lookup(sha, suite, decoding)
     cached = tuple(result is not None for result in results)
     missing = [index for index, result in enumerate(results) if result is None]
+    engine = None
     if missing:
         placement = placement or default_placement()
         tokenizer = load_tokenizer(root)
@@ -215,6 +222,14 @@ def evaluate_model_dir(
             item.grader == "choice" for index in missing for item in suites[index].items
         )
         model = load_model(root, placement) if needs_weights else None
+        context_length = model_dir_context_length(root)
+        shape = generation_shape(
+            [suites[index] for index in missing],
+            tokenizer,
+            batch_size=batch_size,
+            chat_template_kwargs=chat_template_kwargs,
+            context_length=context_length,
+        )
         backend = make_eval_backend(
             backend_kind,
             root,
@@ -223,7 +238,9 @@ def evaluate_model_dir(
             placement=placement,
             batch_size=batch_size,
             rollout=rollout,
+            shape=shape,
         )
+        engine = backend.name
         settings: dict[str, Any] = {
             "seed": seed,
             "batch_size": batch_size,
@@ -231,7 +248,7 @@ def evaluate_model_dir(
             "placement": placement,
             "chat_template_kwargs": chat_template_kwargs,
             "stop_ids": stop_token_ids(tokenizer, root),
-            "context_length": model_dir_context_length(root),
+            "context_length": context_length,
         }
         try:
             for index in missing:
@@ -251,4 +268,5 @@ def evaluate_model_dir(
         model_sha256=sha,
         results=tuple(result for result in results if result is not None),
         cached=cached,
+        engine=engine,
     )

@@ -31,19 +31,25 @@ from app.evaluation.gate import Role
 from app.evaluation.graders import grade, grade_choice
 from app.evaluation.results import ItemRecord, SuiteResult, effective_decoding
 from app.evaluation.stats import derive_seed
-from app.evaluation.suites import Suite, SuiteError, SuiteItem, SuiteMeta, load_suite_file
+from app.evaluation.suites import EvalSuite, SuiteError, SuiteItem, SuiteMeta, load_suite_file
 from workers.models.chat import ChatRenderer
 from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
-from workers.models.loading import Placement, default_placement, stop_token_ids
-from workers.rollout.base import Completion, RolloutBackend, SamplingParams
+from workers.models.loading import (
+    Placement,
+    context_length_from_config,
+    default_placement,
+    load_model,
+    stop_token_ids,
+)
+from workers.rollout.base import Completion, RolloutBackend, RolloutShape, SamplingParams
+from workers.rollout.factory import warn_engine_fallback
+from workers.rollout.hf_generate import TransformersBackend
 from workers.training.chunked_head import sampled_token_logprobs
 
 Progress = Callable[[int, int], None]
 BACKEND_KINDS = ("transformers", "vllm")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-# Keys under which model configs give the context length (text_config for multimodal models).
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -67,16 +73,6 @@ def run_isolated(items: Sequence[_T], run: Callable[[Sequence[_T]], Sequence[_R]
     if len(results) != len(items):
         raise RuntimeError(f"the batch returned {len(results)} results for {len(items)} items")
     return results
-
-
-def context_length_from_config(config: Mapping[str, Any]) -> int | None:
-    """The number of positions a model config allows, or None when it does not say."""
-    for scope in (config, config.get("text_config") or {}):
-        for key in _CONTEXT_KEYS:
-            value = scope.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
 
 
 def model_context_length(model: torch.nn.Module | None) -> int | None:
@@ -158,7 +154,7 @@ def _error_text(error: BaseException) -> str:
 class _SuiteRun:
     """State of one evaluate_suite call: records by item id and progress."""
 
-    def __init__(self, suite: Suite, progress: Progress | None) -> None:
+    def __init__(self, suite: EvalSuite, progress: Progress | None) -> None:
         self.suite = suite
         self.records: dict[str, ItemRecord] = {}
         self.progress = progress
@@ -200,7 +196,7 @@ def _grade_generated(
 def evaluate_suite(
     backend: RolloutBackend,
     tokenizer: PreTrainedTokenizerBase,
-    suite: Suite,
+    suite: EvalSuite,
     *,
     seed: int = 0,
     batch_size: int = 16,
@@ -291,7 +287,7 @@ def evaluate_suite(
             chat_template_kwargs=chat_template_kwargs,
         ),
         records=run.ordered(),
-        meta={"seconds": round(time.perf_counter() - started, 3)},
+        meta={"seconds": round(time.perf_counter() - started, 3), "engine": backend.name},
     )
 
 
@@ -392,6 +388,30 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
+def generation_shape(
+    suites: Sequence[EvalSuite],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    batch_size: int,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    context_length: int | None = None,
+) -> RolloutShape:
+    """The most evaluating `suites` asks of an engine at once: a batch of its longest generated
+    item (rendered prompt + the suite's max_new_tokens), within the model's context."""
+    renderer = ChatRenderer(tokenizer, dict(chat_template_kwargs or {}))
+    longest = 1
+    for suite in suites:
+        for item in suite.items:
+            if item.grader == "choice":
+                continue
+            try:
+                prompt = renderer.prompt_ids(item.messages())
+            except Exception:  # evaluate_suite records the item as failed; it generates nothing
+                continue
+            longest = max(longest, len(prompt) + suite.meta.decoding.max_new_tokens)
+    return RolloutShape(batch_size, longest if context_length is None else min(longest, context_length))
+
+
 def make_eval_backend(
     kind: str,
     model_dir: str | Path,
@@ -401,29 +421,32 @@ def make_eval_backend(
     placement: Placement,
     batch_size: int = 16,
     rollout: RolloutSettings | None = None,
+    shape: RolloutShape | None = None,
 ) -> RolloutBackend:
     """The rollout backend `kind` for evaluating model_dir. vLLM loads its own copy of the weights
     through workers.rollout.vllm_engine.VllmEngineBackend(model_dir), with the engine settings given
-    or the worker's (SDFT_ROLLOUT_*)."""
-    if kind == "transformers":
-        if model is None:
-            raise ValueError("the transformers backend generates with the loaded model: pass model")
-        from workers.rollout.hf_generate import TransformersBackend
-
-        return TransformersBackend(model, pad_token_id(tokenizer), placement, batch_size=batch_size)
+    or the worker's (SDFT_ROLLOUT_*), sized for `shape`; when its engine does not start (or vLLM is
+    absent) transformers generates instead, with a warning. transformers generates with `model`,
+    loaded from model_dir when None."""
+    if kind not in BACKEND_KINDS:
+        raise ValueError(f"unknown backend {kind!r} (known: {', '.join(BACKEND_KINDS)})")
     if kind == "vllm":
-        reason = vllm_unavailable_reason()
-        if reason is not None:
-            raise RuntimeError(reason)
         engine = importlib.import_module("workers.rollout.vllm_engine")
         if rollout is None:
             from app.settings import get_settings
 
             rollout = get_settings().rollout
         settings = rollout.model_copy(update={"backend": "vllm"})
-        backend: RolloutBackend = engine.VllmEngineBackend(str(model_dir), settings, device=placement.device)
-        return backend
-    raise ValueError(f"unknown backend {kind!r} (known: {', '.join(BACKEND_KINDS)})")
+        try:
+            backend: RolloutBackend = engine.VllmEngineBackend(
+                str(model_dir), settings, device=placement.device, shape=shape
+            )
+            return backend
+        except Exception as error:  # vLLM absent, or its engine failed to start
+            warn_engine_fallback("evaluation", error)
+    if model is None:
+        model = load_model(model_dir, placement)
+    return TransformersBackend(model, pad_token_id(tokenizer), placement, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- suite files (CLI)
@@ -438,7 +461,7 @@ def suite_name_from_path(path: str | Path) -> str:
 
 def load_suite_spec(
     path: str | Path, *, grader: str | None = None, max_new_tokens: int | None = None
-) -> tuple[Suite | None, list[str]]:
+) -> tuple[EvalSuite | None, list[str]]:
     """Read a JSONL suite and its metadata; (suite, []) or (None, every problem found, each naming
     the file and, for rows, the line).
 

@@ -37,7 +37,8 @@ class WorkerContext:
     lease_ttl_seconds: float = 120.0
     backend_factory: BackendFactory | None = None  # None: transformers.generate on the student
     rollout_backend: str = "transformers"  # the name behind backend_factory (RolloutSettings.backend)
-    eval_backend: str = "transformers"  # the engine evaluations generate with
+    # The engine evaluations generate with; the worker task passes settings.eval_backend.
+    eval_backend: str = "transformers"
     placement: Placement | None = None
     # The worker task passes its process-wide sessions; tests and scripts may leave it to be built.
     sessions: sessionmaker[Session] | None = None

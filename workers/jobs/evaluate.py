@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
 from app.evaluation.results import SuiteResult
-from app.evaluation.suites import Suite
+from app.evaluation.suites import EvalSuite
+from app.jobs import lineage
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.jobs.states import JobStatus
@@ -20,7 +21,7 @@ from app.registry import service as registry
 from app.registry.models import ModelVersion
 from app.suites import service as suites_service
 from workers.evaluation.cache import evaluate_model_dir
-from workers.jobs import lineage_suites, messages
+from workers.jobs import messages
 from workers.jobs.errors import JobFailed
 from workers.jobs.promote import promote
 from workers.jobs.run_state import JobRun, current_stage
@@ -28,7 +29,7 @@ from workers.jobs.scores import RegistryScoreCache
 
 
 def score_versions(
-    run: JobRun, versions: list[ModelVersion], suites: dict[str, Suite]
+    run: JobRun, versions: list[ModelVersion], suites: dict[str, EvalSuite]
 ) -> dict[str, dict[str, SuiteResult]]:
     """version id -> suite id -> result; evaluates and records only what the registry lacks."""
     cache = RegistryScoreCache(
@@ -65,7 +66,7 @@ def evaluate_and_gate(run: JobRun, job: Job) -> None:
     candidate_id = job.candidate_version_ids[index]
     total = len(job.request["stages"])
     with run.ctx.session() as session:
-        roles = lineage_suites.suite_roles(session, job, index, parent_id)
+        roles = lineage.suite_roles(session, job, index, parent_id)
         parsed = {suite_id: suites_service.load_suite(session, run.store, suite_id) for suite_id in roles}
         parent = registry.get_version(session, parent_id)
         candidate = registry.get_version(session, candidate_id)

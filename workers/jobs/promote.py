@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict
 from app.jobs import service as jobs
 from app.jobs.models import Job
-from app.registry import aliases
+from app.registry.aliases import service as aliases
 from workers.jobs import messages
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
 from app.evaluation.results import ItemRecord, SuiteResult, decoding_hash
-from app.evaluation.suites import Suite
+from app.evaluation.suites import EvalSuite
 from app.registry import service as registry
 
 
@@ -27,7 +27,7 @@ class RegistryScoreCache:
         self.versions_by_sha = versions_by_sha
         self.suite_ids = suite_ids
 
-    def lookup(self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any]) -> SuiteResult | None:
+    def lookup(self, model_sha256: str, suite: EvalSuite, decoding: Mapping[str, Any]) -> SuiteResult | None:
         with session_scope(self.sessions) as session:
             found = registry.get_cached_score(
                 session,
@@ -46,7 +46,7 @@ class RegistryScoreCache:
             )
 
     def store(
-        self, model_sha256: str, suite: Suite, decoding: Mapping[str, Any], result: SuiteResult
+        self, model_sha256: str, suite: EvalSuite, decoding: Mapping[str, Any], result: SuiteResult
     ) -> None:
         with session_scope(self.sessions) as session:
             registry.record_score(

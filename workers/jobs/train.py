@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy.orm import Session
 
 from app.contracts.demonstrations import DatasetError, Demonstration, parse_demonstrations
 from app.files import service as files
+from app.jobs import lineage
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.jobs.states import JobStatus
@@ -28,7 +28,7 @@ from app.suites import service as suites_service
 from app.training.diagnostics import stall_message
 from app.training.retention_pool import build_retention_pool
 from app.training.stage_config import RETENTION_METHODS, ConfigError, StageConfig, parse_stage_config
-from workers.jobs import lineage_suites, messages
+from workers.jobs import messages
 from workers.jobs.errors import JobFailed
 from workers.jobs.run_state import JobRun, current_stage, parent_dir
 from workers.training.checkpointing import latest_checkpoint
@@ -49,17 +49,6 @@ class StageData:
     retention_prompts: list[list[dict[str, str]]] = field(default_factory=list)
 
 
-def _lineage_training_files(session: Session, parent_id: str) -> list[str]:
-    """The training files that made each trained ancestor of `parent_id`, root first."""
-    found = []
-    for version in reversed(registry.lineage(session, parent_id)):
-        if version.job_id is None or version.skill is None:
-            continue
-        maker = jobs.get_job(session, version.job_id)
-        found += [s["training_file"] for s in maker.request["stages"] if s["skill"] == version.skill]
-    return found
-
-
 def _load(run: JobRun, job: Job) -> StageData:
     index, stage, parent_id = current_stage(job)
     with run.ctx.session() as session:
@@ -67,9 +56,9 @@ def _load(run: JobRun, job: Job) -> StageData:
         first_suite = suites_service.get_suite(session, stage["suites"][0])
         earlier = [
             files.read_text(run.store, files.get_file(session, file_id))
-            for file_id in _lineage_training_files(session, parent_id)
+            for file_id in lineage.training_files(session, parent_id)
         ]
-        gated = lineage_suites.suite_roles(session, job, index, parent_id)
+        gated = lineage.suite_roles(session, job, index, parent_id)
         suite_prompts = [
             list(item.messages())
             for suite_id in gated

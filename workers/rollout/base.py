@@ -33,9 +33,20 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class RolloutShape:
+    """The most one `generate` call of a stage or an evaluation asks for: how many sequences, and
+    the longest of them (prompt + new tokens). A vLLM engine on CPU sizes its KV cache from it."""
+
+    sequences: int
+    sequence_tokens: int
+
+
+@dataclass(frozen=True)
 class Completion:
     """One sampled continuation. `token_ids` includes the stop token when the turn ended by itself;
-    `logprobs` are the sampler's log-probabilities of those tokens (at its temperature)."""
+    `logprobs` are the sampler's log-probabilities of those tokens (at its temperature), in order.
+    It may be one shorter than `token_ids` when the sampler did not report the stop token's (a
+    vLLM server that does not echo it): such a token has no sampler log-probability."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...] = field(default=())
@@ -60,5 +71,7 @@ class RolloutBackend(Protocol):
     def close(self) -> None: ...
 
 
-# Builds a stage's backend around its student: (student, tokenizer, placement) -> backend.
-BackendFactory = Callable[["torch.nn.Module", "PreTrainedTokenizerBase", "Placement"], RolloutBackend]
+# Builds a stage's backend around its student: (student, tokenizer, placement, shape) -> backend.
+BackendFactory = Callable[
+    ["torch.nn.Module", "PreTrainedTokenizerBase", "Placement", RolloutShape], RolloutBackend
+]

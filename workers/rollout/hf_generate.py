@@ -1,13 +1,60 @@
-"""Rollouts with `transformers.generate` on the student itself: needs nothing extra, always in sync."""
+"""Rollouts with `transformers.generate` on the student itself: needs nothing extra, always in sync.
+
+Only our sampling settings apply: the model's own generation_config (repetition_penalty,
+no_repeat_ngram_size, min_length, top_k, ...) is set aside for the call, so the samples are drawn
+from the student's distribution at our temperature, which is what makes them on-policy. The sampled
+tokens' log-probabilities are kept step by step ([batch] per step, never [batch, steps, vocab]).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from workers.models.forward import base_of
 from workers.models.loading import Placement
 from workers.rollout.base import Completion, SamplingParams
+
+
+class SampledTokenLogprobs(LogitsProcessor):
+    """Applies the temperature itself, so it sees the exact distribution every token is drawn from,
+    and keeps only the drawn tokens' log-probabilities."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.pending: torch.Tensor | None = None  # [B, V]: the last step's log-probabilities
+        self.picked: list[torch.Tensor] = []  # [B] per step whose token is known
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.pending is not None:  # the previous step's token is the last input now
+            self.picked.append(self.pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        processed = scores / self.temperature
+        self.pending = processed.float().log_softmax(-1)
+        return processed  # type: ignore[return-value]
+
+    def token_logprobs(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T] log-probabilities of the generated tokens [B, T]."""
+        steps = new_tokens.shape[1]
+        if len(self.picked) < steps:  # the last token's distribution is still pending
+            assert self.pending is not None
+            self.picked.append(self.pending.gather(-1, new_tokens[:, -1:]).squeeze(-1))
+        return torch.stack(self.picked[:steps], dim=1)
+
+
+@contextmanager
+def only_our_generation_settings(model: torch.nn.Module) -> Iterator[None]:
+    """transformers fills every setting a call leaves unset from the model's generation_config; a
+    blank one for the call leaves its neutral defaults and what the call states."""
+    base = base_of(model)
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
 class TransformersBackend:
@@ -50,27 +97,27 @@ class TransformersBackend:
         for i, p in enumerate(prompts):  # left padding, so every row's completion starts at `width`
             input_ids[i, width - len(p) :] = torch.tensor(p, device=device)
             attention[i, width - len(p) :] = 1
+        recorder = SampledTokenLogprobs(1.0 if params.greedy else params.temperature)
+        config = GenerationConfig(
+            do_sample=not params.greedy,
+            **({} if params.greedy else {"top_k": 0}),  # transformers' default top_k is 50
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=list(params.stop_token_ids) or None,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+        )
         was_training = self.model.training
         self.model.eval()
-        sampling = {} if params.greedy else {"temperature": params.temperature, "top_k": 0, "top_p": 1.0}
-        with self.placement.autocast():
-            out = self.model.generate(  # type: ignore[operator]
+        with self.placement.autocast(), only_our_generation_settings(self.model):
+            sequences = self.model.generate(  # type: ignore[operator]
                 input_ids=input_ids,
                 attention_mask=attention,
-                do_sample=not params.greedy,
-                max_new_tokens=params.max_new_tokens,
-                eos_token_id=list(params.stop_token_ids) or None,
-                pad_token_id=self.pad_token_id,
-                output_scores=True,
-                return_dict_in_generate=True,
-                use_cache=True,
-                **sampling,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([recorder]),
             )
         self.model.train(was_training)
-        new_tokens = out.sequences[:, width:]
-        # `scores` are the processed logits (temperature applied), i.e. the sampling distribution.
-        logprobs_BTV = torch.stack(out.scores, dim=1).float().log_softmax(-1)
-        token_logprobs = logprobs_BTV.gather(-1, new_tokens[:, : logprobs_BTV.shape[1], None]).squeeze(-1)
+        new_tokens = sequences[:, width:]
+        token_logprobs = recorder.token_logprobs(new_tokens)
         stops = set(params.stop_token_ids)
         completions = []
         for row in range(len(prompts)):

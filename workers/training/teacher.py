@@ -179,6 +179,13 @@ def build_teacher(
         return AdapterOffTeacher(student)
     if base_snapshot is None:
         raise ValueError(f"teacher '{kind}' needs a copy of the starting weights")
+    if kind == "ema" and rate >= 1.0:
+        warnings.warn(
+            "ema_rate=1.0 copies the student into the teacher after every step: a live teacher one "
+            "step behind, and the paper reports that a live teacher diverges. Prefer a small rate "
+            "(default 0.01) or teacher='frozen'.",
+            stacklevel=2,
+        )
     if kind == "frozen":
         return ModelTeacher(base_snapshot, None, rate, dtype)
     if isinstance(student, PeftModel):

@@ -130,6 +130,7 @@ class Tokens:
     writer: str
     promoter: str
     reader: str
+    rival: str  # jobs:write in another team
 
     @staticmethod
     def header(token: str) -> dict[str, str]:
@@ -145,8 +146,10 @@ def tokens(db: sessionmaker[Session]) -> Tokens:
             "writer": [Scope.JOBS_WRITE],
             "promoter": [Scope.MODELS_PROMOTE],
             "reader": [],
+            "rival": [Scope.JOBS_WRITE],
         }.items():
-            _token, secret = create_token(session, name=f"test-{role}", scopes=scopes)
+            team = "rival" if role == "rival" else "default"
+            _token, secret = create_token(session, name=f"test-{role}", scopes=scopes, team=team)
             secrets_by_role[role] = secret
     return Tokens(**secrets_by_role)
 
@@ -169,6 +172,11 @@ def promoter(tokens: Tokens) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def reader(tokens: Tokens) -> dict[str, str]:
     return Tokens.header(tokens.reader)
+
+
+@pytest.fixture(scope="session")
+def rival(tokens: Tokens) -> dict[str, str]:
+    return Tokens.header(tokens.rival)
 
 
 # --------------------------------------------------------------------------- broker

@@ -53,8 +53,8 @@ def test_create_job_stores_validated_stages_and_sends_one_message(
     assert job["base"] == job_body["base"] and job["candidate_version_ids"] == []
     stage = job["stages"][0]
     assert stage["config"]["lora_rank"] == 8 and stage["config"]["max_steps"] == 4
-    # "auto" resolved for 4 rows: LoRA learning rate 5e-4, batch = all 4 rows.
-    assert stage["resolved"]["learning_rate"] == 5e-4 and stage["resolved"]["batch_size"] == 4
+    # "auto" resolved for 4 rows: LoRA learning rate 2e-4, batch = all 4 rows.
+    assert stage["resolved"]["learning_rate"] == 2e-4 and stage["resolved"]["batch_size"] == 4
     assert stage["rows"] == 4
     assert drain_broker(backend) == [{"task": str(TaskName.VALIDATE_JOB), "args": [job["id"]]}]
     assert client.get(f"/v1/jobs/{job['id']}", headers=writer).json() == job
@@ -499,9 +499,9 @@ def test_event_stream_errors_before_streaming(
 
 
 def test_a_job_can_use_several_suites_and_general_suites(
-    client: TestClient, writer: dict[str, str], job_body: dict[str, Any]
+    client: TestClient, writer: dict[str, str], admin: dict[str, str], job_body: dict[str, Any]
 ) -> None:
     general = make_suite(client, writer)
     body = {**job_body, "general_suites": [general["id"]], "auto_promote": "production"}
-    job = create(client, writer, body).json()
+    job = create(client, admin, body).json()  # auto_promote needs models:promote (admin has it)
     assert job["general_suites"] == [general["id"]] and job["auto_promote"] == "production"

@@ -391,7 +391,7 @@ def test_importing_evaluation_does_not_import_torch() -> None:
     code = (
         "import sys\n"
         "import app.evaluation, app.evaluation.graders, app.evaluation.suites\n"
-        "import app.evaluation.stats, app.evaluation.gate, app.evaluation.forgetting\n"
+        "import app.evaluation.stats, app.evaluation.gate, app.registry.forgetting.matrix\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib should load only when plotting'\n"
     )

@@ -11,7 +11,7 @@ import pytest
 
 import workers.evaluation.cache as cache_module
 from app.evaluation.results import ItemRecord, SuiteResult, effective_decoding, eval_cache_key
-from app.evaluation.suites import DecodingConfig, Suite, SuiteMeta, parse_suite_jsonl
+from app.evaluation.suites import DecodingConfig, EvalSuite, SuiteMeta, parse_suite_jsonl
 from workers.evaluation.cache import EvalCache, evaluate_cached, evaluate_model_dir, suite_cache_key
 from workers.models.loading import default_placement, load_model, load_tokenizer
 from workers.rollout.base import Completion, SamplingParams
@@ -21,7 +21,7 @@ MODEL_SHA = "1" * 64
 GREEDY = {"greedy": True, "max_new_tokens": 8, "temperature": 0.0}
 
 
-def make_suite(name: str = "s", max_new_tokens: int = 6) -> Suite:
+def make_suite(name: str = "s", max_new_tokens: int = 6) -> EvalSuite:
     rows = [{"id": f"q{i}", "prompt": f"What is {i} plus {i}?", "reference": str(2 * i)} for i in range(4)]
     meta = SuiteMeta(name=name, decoding=DecodingConfig(max_new_tokens=max_new_tokens))
     return parse_suite_jsonl("\n".join(json.dumps(row) for row in rows), meta)

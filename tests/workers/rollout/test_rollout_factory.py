@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,19 +11,21 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
+from app.contracts.rollout_settings import RolloutSettings, default_engine, rollout_settings_from_env
 from workers.models.loading import default_placement, load_model, load_tokenizer
 from workers.rollout import factory as factory_module
+from workers.rollout.base import RolloutShape
 from workers.rollout.factory import make_backend_factory, transformers_backend
 
 
-def test_defaults_are_the_transformers_backend_synced_every_step() -> None:
+def test_defaults_are_vllm_where_installed_synced_every_step() -> None:
     s = RolloutSettings()
-    assert s.backend == "transformers" and s.sync_every == 1
+    installed = importlib.util.find_spec("vllm") is not None
+    assert s.backend == default_engine() == ("vllm" if installed else "transformers") and s.sync_every == 1
     assert s.engine_dtype(native_bf16=True) == "bfloat16"
     assert s.engine_dtype(native_bf16=False) == "float32"
     assert s.with_overrides({"dtype": "bfloat16"}).engine_dtype(native_bf16=False) == "bfloat16"
-    assert make_backend_factory(s) is transformers_backend
+    assert make_backend_factory(RolloutSettings(backend="transformers")) is transformers_backend
 
 
 def test_server_mode_needs_a_url_and_settings_are_validated() -> None:
@@ -76,10 +79,12 @@ def test_vllm_builds_the_colocated_engine_on_the_students_model_dir(
     build = make_backend_factory(settings)
     assert build is not None
     student = load_model(tiny_model_dir, default_placement("cpu"))
-    backend: Any = build(student, load_tokenizer(tiny_model_dir), default_placement("cpu"))
+    shape = RolloutShape(4, 100)
+    backend: Any = build(student, load_tokenizer(tiny_model_dir), default_placement("cpu"), shape)
     assert isinstance(backend, _Recorder)
     assert backend.args == (tiny_model_dir, settings)
     assert backend.kwargs["student"] is student and str(backend.kwargs["device"]) == "cpu"
+    assert backend.kwargs["shape"] == shape
 
 
 def test_vllm_server_builds_the_http_client(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
@@ -90,7 +95,9 @@ def test_vllm_server_builds_the_http_client(monkeypatch: pytest.MonkeyPatch, tin
     build = make_backend_factory(settings)
     assert build is not None
     student = load_model(tiny_model_dir, default_placement("cpu"))
-    backend: Any = build(student, load_tokenizer(tiny_model_dir), default_placement("cpu"))
+    backend: Any = build(
+        student, load_tokenizer(tiny_model_dir), default_placement("cpu"), RolloutShape(4, 100)
+    )
     assert isinstance(backend, _Recorder)
     assert backend.args == (settings,) and backend.kwargs == {"student": student}
 

@@ -438,8 +438,8 @@ def _run_with_probe(
     assert factory is not None
     probe: dict[str, Any] = {"metrics": []}
 
-    def build(student: torch.nn.Module, tokenizer: Any, placement: Any) -> Any:
-        backend = factory(student, tokenizer, placement)
+    def build(student: torch.nn.Module, tokenizer: Any, placement: Any, shape: Any) -> Any:
+        backend = factory(student, tokenizer, placement, shape)
         probe["backend"], probe["student"] = backend, student
         probe["base"] = _ids(backend.generate(prompts, GREEDY))  # before any sync: the base weights
         return backend

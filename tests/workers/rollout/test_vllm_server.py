@@ -349,14 +349,14 @@ def test_server_greedy_rollouts_match_the_transformers_backend(
 
 def _probing_factory(
     settings: RolloutSettings, probe: dict[str, Any]
-) -> Callable[[torch.nn.Module, Any, Any], VllmServerBackend]:
+) -> Callable[[torch.nn.Module, Any, Any, Any], VllmServerBackend]:
     from workers.rollout.factory import make_backend_factory
 
     factory = make_backend_factory(settings)
     assert factory is not None
 
-    def build(student: torch.nn.Module, tokenizer: Any, placement: Any) -> VllmServerBackend:
-        backend = factory(student, tokenizer, placement)
+    def build(student: torch.nn.Module, tokenizer: Any, placement: Any, shape: Any) -> VllmServerBackend:
+        backend = factory(student, tokenizer, placement, shape)
         assert isinstance(backend, VllmServerBackend)
         probe["backend"], probe["student"] = backend, student
         return backend

@@ -29,7 +29,7 @@ from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
 from app.evaluation.leakage import template_leakage
 from app.evaluation.results import SuiteResult
-from app.evaluation.suites import Suite
+from app.evaluation.suites import EvalSuite
 from app.examples import GENERAL_SUITE, GENERAL_VALIDATION_SUITE, SKILLS
 from app.training.readiness import ReadinessReport, choose_method
 from app.training.retention_pool import build_retention_pool
@@ -63,8 +63,8 @@ GENERAL_CAP = 48
 class SkillMaterial:
     name: str
     demonstrations: list[Demonstration]
-    test: Suite
-    validation: Suite
+    test: EvalSuite
+    validation: EvalSuite
     grader: str
     grader_options: Mapping[str, Any]
     max_prompt_tokens: int
@@ -75,8 +75,8 @@ class Material:
     """The data one run uses: each skill's demonstrations and suites, and the general suites."""
 
     skills: dict[str, SkillMaterial]
-    general: Suite
-    general_validation: Suite
+    general: EvalSuite
+    general_validation: EvalSuite
 
     @classmethod
     def from_examples(cls, plan: ExperimentPlan) -> Material:
@@ -99,10 +99,10 @@ class Material:
             _with_cap(GENERAL_VALIDATION_SUITE.suite(), GENERAL_CAP),
         )
 
-    def test_suites(self) -> list[Suite]:
+    def test_suites(self) -> list[EvalSuite]:
         return [*(skill.test for skill in self.skills.values()), self.general]
 
-    def validation_suites(self) -> list[Suite]:
+    def validation_suites(self) -> list[EvalSuite]:
         return [*(skill.validation for skill in self.skills.values()), self.general_validation]
 
     def suite_prompts(self) -> list[list[dict[str, str]]]:
@@ -111,7 +111,7 @@ class Material:
         return [list(item.messages()) for suite in suites for item in suite.items]
 
 
-def _with_cap(suite: Suite, tokens: int) -> Suite:
+def _with_cap(suite: EvalSuite, tokens: int) -> EvalSuite:
     """The suite with its generation length capped at the plan's length for that skill."""
     decoding = suite.meta.decoding.model_copy(
         update={"max_new_tokens": min(tokens, suite.meta.decoding.max_new_tokens)}
@@ -183,7 +183,7 @@ class ContinualExperiment:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, model_dir: Path, suites: Sequence[Suite]) -> dict[str, SuiteResult]:
+    def evaluate(self, model_dir: Path, suites: Sequence[EvalSuite]) -> dict[str, SuiteResult]:
         started = time.perf_counter()
 
         def progress(suite: str, done: int, total: int) -> None:

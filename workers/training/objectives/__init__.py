@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 
 from workers.models.loading import load_model
-from workers.rollout.base import BackendFactory
+from workers.rollout.base import BackendFactory, RolloutShape
 from workers.rollout.factory import transformers_backend
 from workers.training.objectives.base import Objective, StageContext, StepOutcome
 from workers.training.objectives.retention import RetentionObjective
@@ -42,7 +42,11 @@ def _sdft(
     ctx: StageContext, base_dir: Path, factory: BackendFactory, pool: Sequence[tuple[int, ...]]
 ) -> Objective:
     teacher = _teacher(ctx, ctx.config.teacher, base_dir)
-    return SdftObjective(ctx, teacher, factory(ctx.student, ctx.tokenizer, ctx.placement))
+    shape = RolloutShape(
+        ctx.resolved.batch_size * ctx.config.rollouts_per_prompt,
+        ctx.longest_prompt_tokens + ctx.max_new_tokens,
+    )
+    return SdftObjective(ctx, teacher, factory(ctx.student, ctx.tokenizer, ctx.placement, shape))
 
 
 def _retention(restore: bool) -> Callable[..., Objective]:
@@ -55,7 +59,11 @@ def _retention(restore: bool) -> Callable[..., Objective]:
             else None
         )
         parent = _teacher(ctx, "frozen", base_dir)
-        backend = factory(ctx.student, ctx.tokenizer, ctx.placement)
+        shape = RolloutShape(
+            ctx.resolved.retention_batch_size,
+            max((len(p) for p in pool), default=0) + ctx.config.retention_max_new_tokens,
+        )
+        backend = factory(ctx.student, ctx.tokenizer, ctx.placement, shape)
         return RetentionObjective(ctx, parent, backend, pool, restore_from_step=start)
 
     return build

@@ -57,6 +57,7 @@ class StageContext:
     tokenizer: PreTrainedTokenizerBase
     stop_ids: tuple[int, ...]
     placement: Placement
+    longest_prompt_tokens: int  # the longest student prompt of the stage's rows (own and replayed)
 
     @property
     def pad_id(self) -> int:
@@ -97,6 +98,7 @@ class StepOutcome:
 
 class Objective(Protocol):
     name: str
+    rollout_engine: str  # the backend that samples its rollouts ("none": it samples none)
     # The demonstration-conditioned model the probe divergence is measured against (SDFT's teacher);
     # None: the student itself with the demonstration in context.
     reference_teacher: Teacher | None
@@ -114,6 +116,18 @@ class Objective(Protocol):
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None: ...
 
     def close(self) -> None: ...
+
+
+def sampler_logprob_table(
+    completions: Sequence[Completion], width: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The sampler's log-probabilities [B, width] (0 where it gave none) and the mask of the
+    positions that have one: a backend may leave a stop token without one (`Completion`)."""
+    logprobs_BT = torch.zeros(len(completions), width, device=device)
+    for i, c in enumerate(completions):
+        logprobs_BT[i, : len(c.logprobs)] = torch.tensor(c.logprobs, device=device)
+    lengths_B1 = torch.tensor([[len(c.logprobs)] for c in completions], device=device)
+    return logprobs_BT, torch.arange(width, device=device)[None] < lengths_B1
 
 
 def outcome_of(terms: dict[str, TermResult], *, leak_phrases: Sequence[str] | None = None) -> StepOutcome:
@@ -320,11 +334,9 @@ class OnPolicyDistillation:
                 batch.completion_ids.reshape(-1),
                 cfg.loss_chunk_size,
             ).view_as(mask_BT)
-            sampler_lp = torch.zeros_like(trainer_lp)
-            for i, c in enumerate(completions):
-                sampler_lp[i, : len(c.logprobs)] = torch.tensor(c.logprobs, device=device)
-            real_BT = completion_loss_mask(batch.completion_ids, batch.completion_lengths, 0)
-            return truncated_importance_weights(trainer_lp, sampler_lp, real_BT, cfg.importance_cap)
+            # Only positions the sampler scored count: none is given a made-up log-probability.
+            sampler_lp, scored_BT = sampler_logprob_table(completions, mask_BT.shape[1], device)
+            return truncated_importance_weights(trainer_lp, sampler_lp, scored_BT, cfg.importance_cap)
 
         def token_loss_for(keep_N: Tensor, target_N: Tensor) -> TokenLoss:
             teacher_batch = pack([p.teacher_ids for p in prompts], token_ids, self.ctx.pad_id, device)

@@ -56,6 +56,7 @@ class RetentionObjective:
         self.ctx = ctx
         self.parent = parent
         self.backend = backend
+        self.rollout_engine = backend.name
         self.pool = [DistillPrompt(ids, ids) for ids in pool]
         self.restore_from_step = restore_from_step
         self.distillation = OnPolicyDistillation(

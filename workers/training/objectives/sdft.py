@@ -28,6 +28,7 @@ class SdftObjective:
         self.teacher = teacher
         self.reference_teacher: Teacher | None = teacher
         self.backend = backend
+        self.rollout_engine = backend.name
         self.leak_phrases = default_leakage_phrases(ctx.config.teacher_template)
         self.distillation = OnPolicyDistillation(
             ctx,

@@ -13,6 +13,7 @@ from workers.training.teacher import Teacher
 
 class SftObjective:
     name = "sft"
+    rollout_engine = "none"
     reference_teacher: Teacher | None = None
 
     def __init__(self, ctx: StageContext) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.db import new_id, now
 from app.errors import Conflict, NotFound, Unprocessable
+from app.pagination import paginate
 from app.registry.models import Alias, AliasHistory
 from app.registry.service import VersionStatus, get_version
 
@@ -200,3 +201,23 @@ def rollback(
         reason=reason,
         forced=False,
     )
+
+
+def list_aliases(session: Session) -> Sequence[Alias]:
+    return session.scalars(select(Alias).order_by(Alias.name)).all()
+
+
+def history_page(
+    session: Session, name: str, *, after: str | None, limit: int
+) -> tuple[Sequence[AliasHistory], bool]:
+    """A page of the alias's moves, newest first; `after` is a history entry id."""
+    get_alias(session, name)
+    after_seq = None
+    if after is not None:
+        after_seq = session.scalar(
+            select(AliasHistory.seq).where(AliasHistory.id == after, AliasHistory.alias_name == name)
+        )
+        if after_seq is None:
+            raise NotFound(f"no history entry {after!r} for {name}", code="history_not_found", param="after")
+    stmt = select(AliasHistory).where(AliasHistory.alias_name == name)
+    return paginate(session, stmt, AliasHistory.seq, after=after_seq, limit=limit)

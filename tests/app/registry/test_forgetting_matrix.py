@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.forgetting import (
+from app.evaluation.results import SuiteScore
+from app.registry.forgetting.matrix import (
     ForgettingMatrix,
-    SuiteScore,
     VersionScores,
     forgetting_matrix,
     plot_forgetting,
-    plot_forgetting_panels,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,15 +102,6 @@ def test_plot_forgetting_writes_a_png(tmp_path: Path) -> None:
     assert len(data) > 5_000
 
 
-def test_plot_forgetting_panels_writes_a_png(tmp_path: Path) -> None:
-    path = tmp_path / "panels.png"
-    matrices = {"SDFT": forgetting_matrix(sdft_lineage()), "SFT": forgetting_matrix(sft_lineage())}
-    plot_forgetting_panels(matrices, str(path), "SDFT vs SFT")
-    assert path.read_bytes()[:8] == PNG_MAGIC
-
-
 def test_plotting_nothing_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         plot_forgetting(forgetting_matrix([]), tmp_path / "x.png", "empty")
-    with pytest.raises(ValueError):
-        plot_forgetting_panels({}, tmp_path / "x.png", "empty")

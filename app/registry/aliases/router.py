@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
-from sqlalchemy import select
 
 from app.auth.dependencies import CurrentPrincipal, Promoter
 from app.db import SessionDep
-from app.errors import NotFound
-from app.pagination import AfterQuery, LimitQuery, ListResponse, list_response, paginate
-from app.registry import aliases
-from app.registry.aliases import ALIAS_NAME_PATTERN, UNSET
-from app.registry.models import Alias, AliasHistory
-from app.registry.schemas import AliasHistoryRead, AliasMove, AliasRead, AliasRollback
+from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
+from app.registry.aliases import service as aliases
+from app.registry.aliases.schemas import AliasHistoryRead, AliasMove, AliasRead, AliasRollback
+from app.registry.aliases.service import ALIAS_NAME_PATTERN, UNSET
 
 router = APIRouter(prefix="/aliases", tags=["aliases"])
 
@@ -23,7 +20,7 @@ AliasName = Annotated[str, Path(pattern=ALIAS_NAME_PATTERN, description="e.g. pr
 
 @router.get("", response_model=ListResponse[AliasRead])
 def list_aliases(session: SessionDep, _principal: CurrentPrincipal) -> ListResponse[AliasRead]:
-    rows = session.scalars(select(Alias).order_by(Alias.name)).all()
+    rows = aliases.list_aliases(session)
     return ListResponse[AliasRead](
         data=[AliasRead.of(a) for a in rows],
         has_more=False,
@@ -78,17 +75,8 @@ def history(
     session: SessionDep,
     _principal: CurrentPrincipal,
     after: AfterQuery = None,
-    limit: LimitQuery = 20,
+    limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListResponse[AliasHistoryRead]:
     """Every move, newest first: who, when, from, to, why."""
-    aliases.get_alias(session, name)
-    after_seq = None
-    if after is not None:
-        after_seq = session.scalar(
-            select(AliasHistory.seq).where(AliasHistory.id == after, AliasHistory.alias_name == name)
-        )
-        if after_seq is None:
-            raise NotFound(f"no history entry {after!r} for {name}", code="history_not_found", param="after")
-    stmt = select(AliasHistory).where(AliasHistory.alias_name == name)
-    rows, has_more = paginate(session, stmt, AliasHistory.seq, after=after_seq, limit=limit)
+    rows, has_more = aliases.history_page(session, name, after=after, limit=limit)
     return list_response(rows, has_more, AliasHistoryRead.of)

@@ -13,23 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.evaluation.results import SuiteScore
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-
-
-@dataclass(frozen=True)
-class SuiteScore:
-    """A suite mean with its confidence interval, in points."""
-
-    score: float
-    ci_low: float
-    ci_high: float
-
-    def __post_init__(self) -> None:
-        if not all(math.isfinite(value) for value in (self.score, self.ci_low, self.ci_high)):
-            raise ValueError("score and interval must be finite numbers")
-        if self.ci_low > self.ci_high:
-            raise ValueError(f"ci_low {self.ci_low} is above ci_high {self.ci_high}")
 
 
 @dataclass(frozen=True)
@@ -170,39 +157,3 @@ def plot_forgetting(matrix: ForgettingMatrix, path: str | Path, title: str) -> N
     axes.set_title(title)
     axes.legend(loc="best", fontsize="small")
     figure.savefig(Path(path), format="png", dpi=120, bbox_inches="tight")
-
-
-def plot_forgetting_panels(matrices: Mapping[str, ForgettingMatrix], path: str | Path, title: str) -> None:
-    """Write a PNG with one panel per method (e.g. SDFT vs SFT), shared y axis and suite colours."""
-    if not matrices or any(not matrix.version_ids for matrix in matrices.values()):
-        raise ValueError("nothing to plot: give at least one method, each with at least one version")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    suites: list[str] = []
-    for matrix in matrices.values():
-        suites.extend(suite for suite in matrix.suites if suite not in suites)
-    color_index = {suite: index for index, suite in enumerate(suites)}
-
-    widest = max(len(matrix.version_ids) for matrix in matrices.values())
-    figure = Figure(figsize=(len(matrices) * max(4.5, 1.1 * widest + 2.0), 4.8))
-    panels = figure.subplots(1, len(matrices), sharey=True, squeeze=False)[0]
-    for axes, (method, matrix) in zip(panels, matrices.items(), strict=True):
-        _draw_matrix(axes, matrix, color_index)
-        axes.set_title(method)
-    panels[0].set_ylabel("score (points)")
-
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10"]
-    handles = [
-        Line2D([], [], color=palette(color_index[suite] % palette.N), marker="o", label=suite)
-        for suite in suites
-    ]
-    figure.legend(handles=handles, loc="lower center", ncol=min(len(suites), 5), fontsize="small")
-    figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
-    figure.savefig(Path(path), format="png", dpi=120)
