@@ -142,3 +142,13 @@ def get_session(request: Request) -> Iterator[Session]:
 # scope="function": the commit happens before the response leaves, so a client that reads right after
 # a write sees it, and a failed commit becomes an error response instead of a lost write.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A read-only session whatever the method: authentication and checks that precede a write take no
+    write lock (on SQLite, a write transaction blocks every other writer until it ends)."""
+    with session_scope(request.app.state.read_sessionmaker) as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]

@@ -34,9 +34,10 @@ def find_nul(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, .
 
 
 class RequestModel(BaseModel):
-    """Base of every JSON request body."""
+    """Base of every JSON request body: unknown fields are refused, and so are non-finite numbers
+    (NaN and Infinity, which Python's JSON reader accepts)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -72,28 +73,66 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # JSON bodies are small (a job with 16 stages is a few kilobytes).
 MAX_JSON_BODY_BYTES = 1024 * 1024
 UPLOAD_PATH = "/v1/files"
+# The dashboard's upload form (app.ui) posts the same files.
+UPLOAD_PATHS = frozenset({UPLOAD_PATH, "/ui/files"})
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request whose Content-Length exceeds the limit gets a 413 before its body is
-    read, so an oversized upload is never spooled to disk. (Bodies sent without a length are still
-    checked by the upload route after reading: see app.files.router.)"""
+    """ASGI middleware: a request body over the limit is a 413 in the error shape. A declared
+    Content-Length over the limit is refused before the body is read (an oversized upload is never
+    spooled to disk); a body sent without one (chunked) is counted as it arrives, and the moment it
+    passes the limit the application is told the client went away and its response is replaced by
+    the 413, so nothing past the limit is read or written."""
 
     def __init__(self, app: Any, *, max_upload_bytes: int) -> None:
         self.app = app
         self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            is_upload = scope["path"] == UPLOAD_PATH
-            limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if is_upload else MAX_JSON_BODY_BYTES
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                error = PayloadTooLarge(
-                    f"the request body is larger than the {limit}-byte limit",
-                    code="file_too_large" if is_upload else "body_too_large",
-                    param="file" if is_upload else None,
-                )
-                await error_response(error)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_upload = scope["path"] in UPLOAD_PATHS
+        limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if is_upload else MAX_JSON_BODY_BYTES
+        error = PayloadTooLarge(
+            f"the request body is larger than the {limit}-byte limit",
+            code="file_too_large" if is_upload else "body_too_large",
+            param="file" if is_upload else None,
+        )
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await error_response(error)(scope, receive, send)
+            return
+        received = 0
+        too_large = False
+        responded = False
+
+        async def counting_receive() -> Any:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal responded
+            if too_large:
+                if not responded:
+                    responded = True
+                    await error_response(error)(scope, receive, send)
+                return  # the application's own answer to a cut-off body is dropped
+            responded = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not responded:
+            await error_response(error)(scope, receive, send)

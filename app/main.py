@@ -12,10 +12,10 @@ from typing import Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI
 
+from app.auth.router import router as tokens_router
 from app.capacity import RequestSlots, request_slots, request_threads
 from app.db import make_engine, make_sessionmaker, read_only_sessions
 from app.errors import ERROR_SCHEMA, install_error_handlers
-from app.auth.router import router as tokens_router
 from app.files.router import router as files_router
 from app.health import router as health_router
 from app.inputs import BodySizeLimit, reject_nul_in_url
@@ -27,6 +27,7 @@ from app.registry.router import router as models_router
 from app.settings import Settings, get_settings
 from app.storage import make_store
 from app.suites.router import router as suites_router
+from app.ui.router import mount_ui
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
@@ -93,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(router)
     app.include_router(v1)
     app.include_router(health_router)
+    mount_ui(app)  # the dashboard under /ui (app.ui)
     return app

@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.contracts.rollout_settings import (
@@ -31,9 +31,9 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def default_worker_threads() -> int:
-    """Every core but the API's, at least one."""
-    return max(1, available_cores() - API_CORES)
+def default_worker_threads(cores: int | None = None) -> int:
+    """Every core (default: the available ones) but the API's, at least one."""
+    return max(1, (cores or available_cores()) - API_CORES)
 
 
 class Settings(BaseSettings):
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     admin_token_path: Path | None = None
 
     max_upload_bytes: int = Field(default=50 * MEGABYTE, ge=1)
+    # SDFT_UI_SESSION_SECRET: signs and encrypts the dashboard's session cookies (app.ui). Unset, one
+    # is created in <data_dir>/ui-session.key on first start; set it where API processes share no disk.
+    ui_session_secret: SecretStr | None = None
 
     # API capacity, per API process (app.capacity): as many requests run at once as the database pool
     # has connections; the rest wait in arrival order, at most `api_max_pending_requests` in all,

@@ -332,14 +332,23 @@ def test_docker_compose_validates_the_file() -> None:
     client = shutil.which("docker-compose")
     if client is None:
         pytest.skip("docker-compose (the v1 client, e.g. Debian's package) is not installed")
-    result = subprocess.run(
-        [client, "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def config(**env: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SDFT_")}
+        return subprocess.run(
+            [client, "-f", str(COMPOSE_FILE), "config", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**clean, **env},
+        )
+
+    result = config(SDFT_POSTGRES_PASSWORD="s3cret")
     assert result.returncode == 0, result.stderr
+    # No default password: compose refuses to start without one.
+    missing = config()
+    assert missing.returncode != 0 and "SDFT_POSTGRES_PASSWORD" in missing.stderr
 
 
 def test_postgres_accepts_every_api_connection_with_room_for_workers(

@@ -135,6 +135,7 @@ def up(
         "docs at /docs); Ctrl-C stops it",
         file=sys.stderr,
     )
+    print(f"sdft: dashboard on http://{host}:{port}/ui (sign in with the admin token)", file=sys.stderr)
     try:
         uvicorn.run(
             "app.main:create_app", factory=True, host=host, port=port, log_level="warning", workers=workers

@@ -9,7 +9,7 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.service import Principal, Scope, authenticate
-from app.db import SessionDep
+from app.db import ReadSessionDep
 from app.errors import Forbidden, Unauthorized
 
 # auto_error=False: a missing header is our 401 in our error shape, not FastAPI's 403.
@@ -19,12 +19,15 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def current_principal(
-    session: SessionDep,
+    session: ReadSessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     if credentials is None:
         raise Unauthorized("missing bearer token", code="missing_token", headers=CHALLENGE)
     principal = authenticate(session, credentials.credentials)
+    # Give the connection back now: the handler takes its own, so a request holds one at a time
+    # (RequestSlots sizes concurrency to the pool, one connection per request).
+    session.close()
     if principal is None:
         raise Unauthorized("invalid or revoked token", code="invalid_token", headers=CHALLENGE)
     return principal

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from app.contracts.problems import Problems, RowProblem, summary
+
 ROLES = frozenset({"system", "user", "assistant"})
 MESSAGE_KEYS = frozenset({"role", "content"})
 CHAT_ROW_KEYS = frozenset({"messages", "id"})
@@ -49,27 +51,13 @@ class Demonstration:
         return self.query[-1].content
 
 
-@dataclass(frozen=True)
-class RowProblem:
-    """One problem with an uploaded file: 1-based line (None for the whole file), field, reason."""
-
-    line: int | None
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" if self.line is not None else "file"
-        return f"{where}: {self.field}: {self.reason}"
-
-
 class DatasetError(ValueError):
-    """Every problem found in a dataset, reported together."""
+    """Every problem found in a dataset, reported together (the first MAX_LISTED_PROBLEMS listed)."""
 
-    def __init__(self, problems: list[RowProblem]) -> None:
+    def __init__(self, problems: list[RowProblem], total: int | None = None) -> None:
         self.problems = problems
-        shown = "\n".join(f"  {p}" for p in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} problem(s) in the dataset:\n{shown}{more}")
+        self.total = len(problems) if total is None else total
+        super().__init__(summary(problems, self.total, "the dataset", 50))
 
 
 def parse_messages(value: Any, field: str, line: int, problems: list[RowProblem]) -> list[Message] | None:
@@ -179,43 +167,46 @@ def parse_row(obj: Any, line: int) -> tuple[Demonstration | None, list[RowProble
     return Demonstration(line, tuple(query), demonstration, str(row_id)), []
 
 
-def parse_jsonl_objects(lines: Iterable[str]) -> tuple[list[tuple[int, Any]], list[RowProblem]]:
+def parse_jsonl_objects(lines: Iterable[str], problems: Problems) -> list[tuple[int, Any]]:
     """Decode JSONL; blank lines are skipped but still counted, so line numbers match an editor's."""
     objects: list[tuple[int, Any]] = []
-    problems: list[RowProblem] = []
     for line_no, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         if len(text) > MAX_ROW_CHARS:
-            problems.append(RowProblem(line_no, "row", f"longer than {MAX_ROW_CHARS} characters"))
+            problems.add(RowProblem(line_no, "row", f"longer than {MAX_ROW_CHARS} characters"))
             continue
         try:
             objects.append((line_no, json.loads(text)))
         except json.JSONDecodeError as exc:
-            problems.append(RowProblem(line_no, "row", f"not valid JSON ({exc.msg} at column {exc.colno})"))
-    return objects, problems
+            problems.add(RowProblem(line_no, "row", f"not valid JSON ({exc.msg} at column {exc.colno})"))
+        except RecursionError:
+            problems.add(RowProblem(line_no, "row", "nested too deeply"))
+    return objects
 
 
 def parse_demonstrations(text: str) -> list[Demonstration]:
     """Parse a whole JSONL dataset, raising DatasetError with every problem when any row is bad."""
-    objects, problems = parse_jsonl_objects(text.splitlines())
+    problems = Problems()
+    # split("\n") rather than splitlines(): JSON strings may legally hold U+2028, U+0085 and friends.
+    objects = parse_jsonl_objects(text.removeprefix("\ufeff").split("\n"), problems)
     rows: list[Demonstration] = []
     for line, obj in objects:
         row, row_problems = parse_row(obj, line)
-        problems += row_problems
+        problems.extend(row_problems)
         if row is not None:
             rows.append(row)
     if not objects and not problems:
-        problems.append(RowProblem(None, "file", "the dataset has no rows"))
+        problems.add(RowProblem(None, "file", "the dataset has no rows"))
     seen: dict[str, int] = {}
     for row in rows:
         if row.row_id in seen:
-            problems.append(
+            problems.add(
                 RowProblem(row.line, "id", f"duplicate id {row.row_id!r} (first on line {seen[row.row_id]})")
             )
         seen.setdefault(row.row_id, row.line)
     if problems:
-        raise DatasetError(sorted(problems, key=lambda p: p.line or 0))
+        raise DatasetError(problems.sorted(), problems.total)
     return rows
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+import regex
+
 GraderFn = Callable[[str, Sequence[Any], Mapping[str, Any]], float]
 Reference = str | Sequence[str]
 
@@ -67,9 +69,9 @@ def regex_flags(options: Mapping[str, Any]) -> int:
     return flags
 
 
-def compile_reference_regex(pattern: str, options: Mapping[str, Any]) -> re.Pattern[str]:
-    """Compile a regex reference the way the regex grader will; raises re.error when invalid."""
-    return re.compile(pattern, regex_flags(options))
+def compile_reference_regex(pattern: str, options: Mapping[str, Any]) -> Any:
+    """Compile a regex reference the way the regex grader will; raises regex.error when invalid."""
+    return regex.compile(pattern, regex_flags(options))
 
 
 def _tolerance(options: Mapping[str, Any], key: str, default: float) -> float:
@@ -145,10 +147,25 @@ def grade_contains(output: str, references: Sequence[Any], options: Mapping[str,
 # --------------------------------------------------------------------------- regex
 
 
+# A suite's pattern is the uploader's code running on the worker: a catastrophic one ("(a+)+$") must not
+# stall a job for hours. The `regex` engine takes a timeout where `re` takes none.
+REGEX_TIMEOUT_SECONDS = 1.0
+
+
 def grade_regex(output: str, references: Sequence[Any], options: Mapping[str, Any]) -> float:
-    """1.0 iff re.search finds some reference pattern in the output (flags from options["flags"])."""
+    """1.0 iff a reference pattern is found in the output (flags from options["flags"]); a pattern that
+    runs past REGEX_TIMEOUT_SECONDS raises ValueError, which fails that item with the reason."""
     flags = regex_flags(options)
-    return float(any(re.search(pattern, output, flags) for pattern in _string_references(references)))
+    for pattern in _string_references(references):
+        try:
+            if regex.search(pattern, output, flags, timeout=REGEX_TIMEOUT_SECONDS):
+                return 1.0
+        except TimeoutError:
+            raise ValueError(
+                f"the reference pattern {pattern[:60]!r} ran longer than {REGEX_TIMEOUT_SECONDS:g} s on this "
+                "output (catastrophic backtracking?)"
+            ) from None
+    return 0.0
 
 
 # --------------------------------------------------------------------------- numeric

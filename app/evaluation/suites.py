@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.contracts.demonstrations import RowProblem
+from app.contracts.problems import Problems, RowProblem, summary
 from app.evaluation.graders import (
     KNOWN_GRADERS,
     compile_reference_regex,
@@ -45,7 +45,7 @@ class DecodingConfig(BaseModel):
 
     greedy: bool = True
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
-    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    temperature: float = Field(default=0.0, ge=0.0, le=10.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _temperature_matches_mode(self) -> DecodingConfig:
@@ -66,7 +66,8 @@ class SuiteMeta(BaseModel):
     grader: str = "exact_match"
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     # Largest drop, in points (0..100), this suite may suffer before the gate rejects.
-    tolerance: float = Field(default=2.0, ge=0.0, allow_inf_nan=False)
+    # Capped at the whole scale: a larger tolerance would let any candidate pass.
+    tolerance: float = Field(default=2.0, ge=0.0, le=100.0, allow_inf_nan=False)
     # Floor, in points, the new skill's suite must reach; None means no floor.
     min_score: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
     # e.g. {"abs_tol": 0.01, "rel_tol": 0.0} for numeric, {"flags": "i"} for regex.
@@ -161,13 +162,13 @@ class EvalSuite:
 
 
 class SuiteError(ValueError):
-    """Raised with every problem found in a suite, so users can fix them all in one pass."""
+    """Raised with every problem found in a suite (the first MAX_LISTED_PROBLEMS listed), so users can
+    fix them all in one pass."""
 
-    def __init__(self, problems: list[RowProblem]) -> None:
+    def __init__(self, problems: list[RowProblem], total: int | None = None) -> None:
         self.problems = problems
-        shown = "; ".join(str(problem) for problem in problems[:20])
-        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} problem(s) in suite: {shown}{more}")
+        self.total = len(problems) if total is None else total
+        super().__init__(summary(problems, self.total, "suite", 20))
 
 
 # --------------------------------------------------------------------------- row parsing
@@ -176,13 +177,13 @@ class SuiteError(ValueError):
 class _RowChecker:
     """Collects the problems of one row while building its item."""
 
-    def __init__(self, line: int, problems: list[RowProblem]) -> None:
+    def __init__(self, line: int, problems: Problems) -> None:
         self.line = line
         self.problems = problems
         self.ok = True
 
     def fail(self, field: str, reason: str) -> None:
-        self.problems.append(RowProblem(self.line, field, reason))
+        self.problems.add(RowProblem(self.line, field, reason))
         self.ok = False
 
 
@@ -265,7 +266,7 @@ def _check_reference(field: str, text: str, grader: str, meta: SuiteMeta, check:
     if grader == "regex":
         try:
             compile_reference_regex(text, meta.grader_options)
-        except re.error as error:
+        except regex.error as error:
             check.fail(field, f"invalid regex: {error}")
     elif grader == "json_match":
         try:
@@ -307,9 +308,7 @@ def _parse_options(
     return options
 
 
-def _parse_row(
-    row: dict[str, Any], line: int, meta: SuiteMeta, problems: list[RowProblem]
-) -> SuiteItem | None:
+def _parse_row(row: dict[str, Any], line: int, meta: SuiteMeta, problems: Problems) -> SuiteItem | None:
     check = _RowChecker(line, problems)
     for key in sorted(set(row) - ROW_KEYS):
         check.fail(key, f"unknown key (allowed: {', '.join(sorted(ROW_KEYS))})")
@@ -363,7 +362,7 @@ def parse_suite_jsonl(text: str, meta: SuiteMeta) -> EvalSuite:
 
     Blank lines are skipped but still counted, so reported line numbers match the file.
     """
-    problems: list[RowProblem] = []
+    problems = Problems()
     items: list[SuiteItem] = []
     first_line_of_id: dict[str, int] = {}
     saw_row = False
@@ -376,26 +375,29 @@ def parse_suite_jsonl(text: str, meta: SuiteMeta) -> EvalSuite:
         try:
             row = json.loads(stripped)
         except json.JSONDecodeError as error:
-            problems.append(RowProblem(line, "row", f"not valid JSON: {error.msg} at column {error.colno}"))
+            problems.add(RowProblem(line, "row", f"not valid JSON: {error.msg} at column {error.colno}"))
+            continue
+        except RecursionError:
+            problems.add(RowProblem(line, "row", "nested too deeply"))
             continue
         if not isinstance(row, dict):
-            problems.append(RowProblem(line, "row", f"must be a JSON object, got {type(row).__name__}"))
+            problems.add(RowProblem(line, "row", f"must be a JSON object, got {type(row).__name__}"))
             continue
         item = _parse_row(row, line, meta, problems)
         if item is None:
             continue
         if item.item_id in first_line_of_id:
             where = first_line_of_id[item.item_id]
-            problems.append(
+            problems.add(
                 RowProblem(line, "id", f"duplicate item id {item.item_id!r} (first on line {where})")
             )
             continue
         first_line_of_id[item.item_id] = line
         items.append(item)
     if not saw_row:
-        problems.append(RowProblem(None, "suite", "suite has no items"))
+        problems.add(RowProblem(None, "suite", "suite has no items"))
     if problems:
-        raise SuiteError(problems)
+        raise SuiteError(problems.listed, problems.total)
     return EvalSuite(meta=meta, items=tuple(items))
 
 

@@ -65,11 +65,12 @@ def length_stats(lengths: Sequence[int]) -> dict[str, float]:
     return {"min": ordered[0], "mean": round(statistics.fmean(ordered), 2), "p95": p95, "max": ordered[-1]}
 
 
-def _invalid_report(text: str, problems: Sequence[Any]) -> dict[str, Any]:
-    """Every problem, and the number of non-blank lines (rows) the file has."""
+def _invalid_report(text: str, problems: Sequence[Any], total: int) -> dict[str, Any]:
+    """The first problems (MAX_LISTED_PROBLEMS) with how many there are in all, and the number of
+    non-blank lines (rows) the file has."""
     rows = sum(1 for line in text.split("\n") if line.strip())
     listed = [{"line": p.line, "field": p.field, "reason": p.reason} for p in problems]
-    return {"valid": False, "rows": rows, "problems": listed, "lengths": None}
+    return {"valid": False, "rows": rows, "problems": listed, "problems_total": total, "lengths": None}
 
 
 def preflight_demonstrations(text: str, counter: LengthCounter) -> dict[str, Any]:
@@ -77,14 +78,14 @@ def preflight_demonstrations(text: str, counter: LengthCounter) -> dict[str, Any
     try:
         rows = parse_demonstrations(text)
     except DatasetError as exc:
-        return _invalid_report(text, exc.problems)
+        return _invalid_report(text, exc.problems, exc.total)
     lengths = {
         "unit": counter.unit,
         "source": counter.source,
         "query": length_stats(counter.lengths([render_messages(r.query_dicts()) for r in rows])),
         "demonstration": length_stats(counter.lengths([r.demonstration for r in rows])),
     }
-    return {"valid": True, "rows": len(rows), "problems": [], "lengths": lengths}
+    return {"valid": True, "rows": len(rows), "problems": [], "problems_total": 0, "lengths": lengths}
 
 
 def preflight_suite(text: str, grader: str, counter: LengthCounter) -> dict[str, Any]:
@@ -92,10 +93,10 @@ def preflight_suite(text: str, grader: str, counter: LengthCounter) -> dict[str,
     try:
         suite = parse_suite_jsonl(text, SuiteMeta(name=PREFLIGHT_SUITE_NAME, grader=grader))
     except SuiteError as exc:
-        return _invalid_report(text, exc.problems)
+        return _invalid_report(text, exc.problems, exc.total)
     lengths = {
         "unit": counter.unit,
         "source": counter.source,
         "prompt": length_stats(counter.lengths([render_messages(item.messages()) for item in suite.items])),
     }
-    return {"valid": True, "rows": len(suite), "problems": [], "lengths": lengths}
+    return {"valid": True, "rows": len(suite), "problems": [], "problems_total": 0, "lengths": lengths}

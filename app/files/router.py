@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.auth.dependencies import CurrentPrincipal, JobsWriter
-from app.db import SessionDep
+from app.db import ReadSessionDep, SessionDep
 from app.deps import SettingsDep, StoreDep
 from app.errors import PayloadTooLarge, Unprocessable
 from app.evaluation.graders import KNOWN_GRADERS
@@ -24,6 +24,7 @@ GraderName = Annotated[
 @router.post("", status_code=201, response_model=FileRead)
 def upload_file(
     session: SessionDep,
+    read_session: ReadSessionDep,
     store: StoreDep,
     settings: SettingsDep,
     principal: JobsWriter,
@@ -43,15 +44,12 @@ def upload_file(
     check_text(model, param="model")
     if grader not in KNOWN_GRADERS:
         raise Unprocessable(f"unknown grader {grader!r}", code="unknown_grader", param="grader")
-    row = service.create_file(
-        session,
-        store,
-        principal=principal,
-        filename=file.filename,
-        content=content,
-        purpose=purpose,
-        model_ref=model,
-        grader=grader,
+    name, report = service.check_upload(
+        read_session, filename=file.filename, content=content, purpose=purpose, model_ref=model, grader=grader
+    )
+    read_session.close()  # one connection at a time, as RequestSlots assumes
+    row = service.store_upload(
+        session, store, principal=principal, name=name, content=content, purpose=purpose, report=report
     )
     return FileRead.of(row)
 

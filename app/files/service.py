@@ -121,32 +121,44 @@ def run_preflight(
     return {"purpose": str(purpose), **report}
 
 
-def create_file(
-    session: Session,
-    store: Store,
+def check_upload(
+    read_session: Session,
     *,
-    principal: Principal,
     filename: str | None,
     content: bytes,
     purpose: FilePurpose,
     model_ref: str | None = None,
     grader: str = "exact_match",
-) -> UploadedFile:
-    """Validate the whole file, then store it and insert its row; a bad file raises 4xx and stores nothing."""
+) -> tuple[str, dict[str, Any]]:
+    """(file name, pre-flight report) of a valid upload; a bad one raises 4xx with the report. Only
+    reads the database: a long pre-flight never holds a write lock (on SQLite, every writer's)."""
     name = check_filename(filename)
     text = decode_utf8(content)
-    report = run_preflight(session, text=text, purpose=purpose, model_ref=model_ref, grader=grader)
+    report = run_preflight(read_session, text=text, purpose=purpose, model_ref=model_ref, grader=grader)
     if not report["valid"]:
-        count = len(report["problems"])
         first = report["problems"][0]
         where = f"line {first['line']}" if first["line"] is not None else "file"
         raise Unprocessable(
-            f"{count} problem(s) in the file, first at {where}: {first['field']}: {first['reason']}; "
-            "nothing was stored (see error.report)",
+            f"{report['problems_total']} problem(s) in the file, first at {where}: {first['field']}: "
+            f"{first['reason']}; nothing was stored (see error.report)",
             code="invalid_file",
             param="file",
             details={"report": report},
         )
+    return name, report
+
+
+def store_upload(
+    session: Session,
+    store: Store,
+    *,
+    principal: Principal,
+    name: str,
+    content: bytes,
+    purpose: FilePurpose,
+    report: dict[str, Any],
+) -> UploadedFile:
+    """Store a checked upload and insert its row, owned by the principal's team."""
     stored = store.put_bytes(content, suffix=".jsonl")
     row = UploadedFile(
         id=new_id("file"),
@@ -164,6 +176,27 @@ def create_file(
     session.add(row)
     session.flush()
     return row
+
+
+def create_file(
+    session: Session,
+    store: Store,
+    *,
+    principal: Principal,
+    filename: str | None,
+    content: bytes,
+    purpose: FilePurpose,
+    model_ref: str | None = None,
+    grader: str = "exact_match",
+) -> UploadedFile:
+    """Validate the whole file, then store it and insert its row; a bad file raises 4xx and stores
+    nothing. (The API checks with a read-only session first: see app.files.router.)"""
+    name, report = check_upload(
+        session, filename=filename, content=content, purpose=purpose, model_ref=model_ref, grader=grader
+    )
+    return store_upload(
+        session, store, principal=principal, name=name, content=content, purpose=purpose, report=report
+    )
 
 
 def get_file(

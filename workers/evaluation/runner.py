@@ -436,7 +436,12 @@ def make_eval_backend(
             from app.settings import get_settings
 
             rollout = get_settings().rollout
-        settings = rollout.model_copy(update={"backend": "vllm"})
+        # Greedy outputs must not depend on whether vLLM started: on CPU, where transformers runs
+        # in fp32, "auto" is fp32 for evaluations (rollouts keep bf16: importance weights absorb it).
+        cpu_auto = rollout.dtype == "auto" and placement.device.type == "cpu"
+        settings = rollout.model_copy(
+            update={"backend": "vllm", "dtype": "float32" if cpu_auto else rollout.dtype}
+        )
         try:
             backend: RolloutBackend = engine.VllmEngineBackend(
                 str(model_dir), settings, device=placement.device, shape=shape

@@ -23,9 +23,10 @@ from app.suites import service as suites_service
 from workers.evaluation.cache import evaluate_model_dir
 from workers.jobs import messages
 from workers.jobs.errors import JobFailed
-from workers.jobs.promote import promote
+from workers.jobs.promote import succeed_and_promote
 from workers.jobs.run_state import JobRun, current_stage
 from workers.jobs.scores import RegistryScoreCache
+from workers.rollout.factory import engine_fallback_note
 
 
 def score_versions(
@@ -57,6 +58,10 @@ def score_versions(
             placement=run.placement,
             progress=progress,
         )
+        note = engine_fallback_note("evaluation", run.ctx.eval_backend, evaluation.engine)
+        if note:
+            with run.ctx.session() as session:
+                run.warn(session, note, {"version_id": version.id})
         results[version.id] = dict(zip(suites, evaluation.results, strict=True))
     return results
 
@@ -115,7 +120,5 @@ def evaluate_and_gate(run: JobRun, job: Job) -> None:
                 step=None,
                 total_steps=None,
             )
-        elif jobs.advance(session, run.job_id, JobStatus.EVALUATING, JobStatus.SUCCEEDED):
-            promote(session, job, candidate.id)
-        elif job.request.get("auto_promote"):
-            run.warn(session, messages.promotion_cancelled(job.request["auto_promote"]))
+        else:
+            succeed_and_promote(session, job, candidate.id)

@@ -9,8 +9,25 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict
 from app.jobs import service as jobs
 from app.jobs.models import Job
+from app.jobs.states import JobStatus
 from app.registry.aliases import service as aliases
 from workers.jobs import messages
+
+
+def succeed_and_promote(session: Session, job: Job, version_id: str) -> bool:
+    """Record the job as succeeded, then auto-promote; a job cancelled meanwhile is never promoted
+    (the compare-and-set from evaluating fails, and the alias stays where it was)."""
+    if not jobs.advance(session, job.id, JobStatus.EVALUATING, JobStatus.SUCCEEDED):
+        if job.request.get("auto_promote"):
+            jobs.append_event(
+                session,
+                job_id=job.id,
+                level="warn",
+                type="message",
+                message=messages.promotion_cancelled(job.request["auto_promote"]),
+            )
+        return False
+    return promote(session, job, version_id)
 
 
 def promote(session: Session, job: Job, version_id: str) -> bool:

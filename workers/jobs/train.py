@@ -31,6 +31,8 @@ from app.training.stage_config import RETENTION_METHODS, ConfigError, StageConfi
 from workers.jobs import messages
 from workers.jobs.errors import JobFailed
 from workers.jobs.run_state import JobRun, current_stage, parent_dir
+from workers.models.loading import ModelDirError
+from workers.rollout.factory import engine_fallback_note
 from workers.training.checkpointing import latest_checkpoint
 from workers.training.loop import FINAL, ResumeMismatch, StageCancelled, StageInputs, StepMetrics, run_stage
 from workers.training.method_choice import StageMethod, stage_method
@@ -139,6 +141,7 @@ class StepReporter:
         self.run, self.index, self.total, self.skill = run, index, total, skill
         self.leak_warned = False
         self.stall_warned = False
+        self.fallback_warned = False
         self.last: StepMetrics | None = None
 
     def __call__(self, m: StepMetrics) -> None:
@@ -165,6 +168,10 @@ class StepReporter:
                     current=m.probe_divergence,
                 )
                 self.run.warn(session, message, metrics)
+            fallback = engine_fallback_note("rollouts", self.run.ctx.rollout_backend, m.rollout_engine)
+            if fallback and not self.fallback_warned:
+                self.fallback_warned = True
+                self.run.warn(session, fallback, metrics)
             if jobs.update_progress(
                 session,
                 self.run.job_id,
@@ -235,6 +242,8 @@ def train_stage(run: JobRun, job: Job) -> None:
         return
     except (DatasetError, ConfigError, ResumeMismatch) as exc:
         raise JobFailed("invalid_stage", str(exc), param=f"stages[{index}]") from None
+    except ModelDirError as exc:  # a model this trainer cannot reproduce the logits of (see loading.py)
+        raise JobFailed("unsupported_model", str(exc)) from None
     except torch.OutOfMemoryError as exc:
         raise JobFailed("out_of_memory", messages.out_of_memory(index, exc)) from None
     run.heartbeat.check()
@@ -254,13 +263,16 @@ def train_stage(run: JobRun, job: Job) -> None:
             "learning_stalled": last.learning_stalled,
         },
     }
+    # The version's files go into the content-addressed store, immutable: the run directory is scratch
+    # (`sdft gc` may remove it), a registered version must never change under its sha256.
+    stored = run.store.put_dir(result.model_dir)
     with run.ctx.session() as session:
         version = registry.register_version(
             session,
             parent_id=parent_id,
             job_id=run.job_id,
             skill=stage["skill"],
-            checkpoint_uri=result.model_dir.resolve().as_uri(),
+            checkpoint_uri=stored.uri,
             checkpoint_sha256=result.sha256,
             training=training,
         )

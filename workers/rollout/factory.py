@@ -33,8 +33,9 @@ def warn_engine_fallback(purpose: str, error: BaseException) -> None:
     )
 
 
-def engine_fallback_note(purpose: str, requested: str, ran: str) -> str | None:
-    """A job's warning when vLLM was asked to generate `purpose` but transformers did (else None)."""
+def engine_fallback_note(purpose: str, requested: str, ran: str | None) -> str | None:
+    """A job's warning when vLLM was asked to generate `purpose` but transformers did (else None;
+    `ran` None: nothing was generated)."""
     if requested != "vllm" or ran != "transformers":
         return None
     return (

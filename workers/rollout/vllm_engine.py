@@ -200,7 +200,8 @@ def cpu_kv_cache_bytes(
     config: Mapping[str, Any], dtype_bytes: int, shape: RolloutShape, max_model_len: int
 ) -> int:
     """KV cache for `shape.sequences` sequences of `shape.sequence_tokens` at once, in whole blocks,
-    and never less than one `max_model_len` sequence (vLLM refuses to start below that)."""
+    and never less than one `max_model_len` sequence (vLLM refuses to start below that), plus the
+    block vLLM keeps aside (its null block)."""
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
@@ -209,7 +210,7 @@ def cpu_kv_cache_bytes(
     def blocks(tokens: int) -> int:
         return -(-tokens // KV_BLOCK_TOKENS)
 
-    total = max(shape.sequences * blocks(shape.sequence_tokens), blocks(max_model_len))
+    total = max(shape.sequences * blocks(shape.sequence_tokens), blocks(max_model_len)) + 1
     return total * KV_BLOCK_TOKENS * token_bytes
 
 

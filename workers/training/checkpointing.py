@@ -1,4 +1,6 @@
-"""Resumable stage checkpoints, written atomically (temp dir + rename).
+"""Resumable stage checkpoints, written durably (temp dir, fsync, rename, fsync the parent) and checked
+when read back: a checkpoint whose files do not match the sha256s its meta.json recorded (a torn write,
+a truncated file) is skipped for the one before it.
 
 Layout of `<out>/checkpoints/step-000040/`:
 - the student: `model.safetensors` + config (full fine-tuning) or `adapter_model.safetensors` +
@@ -6,7 +8,7 @@ Layout of `<out>/checkpoints/step-000040/`:
 - `optimizer.pt`: AdamW and LR-scheduler state;
 - `teacher.safetensors`: the EMA teacher's fp32 shadow (absent for frozen/live teachers);
 - `meta.json`: the full config, step, data position, RNG states, base model and its sha256, the
-  file names above and the student weights' sha256.
+  file names above, the student weights' sha256 and every file's sha256.
 A directory without `meta.json` is never considered: the rename is the commit point.
 """
 
@@ -18,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.contracts.artifacts import file_sha256
+from app.contracts.artifacts import file_sha256, publish_dir
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -106,12 +109,12 @@ def save_checkpoint(
                 "teacher": "teacher.safetensors" if teacher_state else None,
             },
             "weights_sha256": weights_sha256(staging),
+            "file_sha256": _file_hashes(staging),
         }
         (staging / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n")
         final = root / f"step-{step:06d}"
-        if final.exists():  # a re-run of the same step (e.g. a redelivered task) replaces it whole
-            shutil.rmtree(final)
-        staging.rename(final)
+        # A re-run of the same step (a redelivered task) replaces it whole, never leaving it half-written.
+        publish_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -119,21 +122,47 @@ def save_checkpoint(
     return Checkpoint(final, full_meta)
 
 
+def _file_hashes(directory: Path) -> dict[str, str]:
+    return {
+        p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != "meta.json"
+    }
+
+
 def _prune(root: Path, keep: int) -> None:
     complete = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-step-*"):  # left by a crash mid-write; never referenced
+    # Left by a crash mid-write or mid-replace; never referenced.
+    for stale in [*root.glob(".tmp-step-*"), *root.glob(".replaced-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def verify_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint if its meta.json reads and every file matches its recorded sha256, else None."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        recorded = meta.get("file_sha256")
+        if recorded is None:  # written before file hashes were recorded: check the weights at least
+            ok = meta["weights_sha256"] == weights_sha256(path)
+        else:
+            ok = recorded == _file_hashes(path)
+    except (OSError, ValueError, KeyError):
+        return None
+    return Checkpoint(path, meta) if ok else None
+
+
 def latest_checkpoint(out_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint that verifies; a torn or tampered one is skipped (warned) for the one before."""
     root = out_dir / CHECKPOINTS
     complete = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file()) if root.is_dir() else []
-    if not complete:
-        return None
-    path = complete[-1]
-    return Checkpoint(path, json.loads((path / "meta.json").read_text()))
+    for path in reversed(complete):
+        checkpoint = verify_checkpoint(path)
+        if checkpoint is not None:
+            return checkpoint
+        warnings.warn(
+            f"skipping checkpoint {path}: its files do not match the sha256s it recorded", stacklevel=2
+        )
+    return None
 
 
 def load_training_state(

@@ -24,7 +24,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
-from app.contracts.artifacts import model_dir_sha256
+from app.contracts.artifacts import model_dir_sha256, publish_dir
 from app.contracts.demonstrations import Demonstration
 from app.training.diagnostics import loss_concentration, probe_stalled
 from app.training.stage_config import ResolvedStage, StageConfig, resolve
@@ -289,9 +289,7 @@ def _save_final(
             json.dumps({**meta, "sha256": sha}, indent=2, sort_keys=True) + "\n"
         )
         final = out_dir / FINAL
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        publish_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

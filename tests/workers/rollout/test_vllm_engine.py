@@ -506,6 +506,8 @@ def test_full_fine_tuning_sync_serves_the_updated_weights(
     assert probe["engine"] == probe["student_greedy"]
     assert probe["engine"] != probe["base"]
     assert probe["syncs"] == 2
+    assert [m.rollout_engine for m in probe["metrics"]] == ["vllm", "vllm"]
+    assert json.loads((tmp_path / "final" / "meta.json").read_text())["rollout_engine"] == "vllm"
 
 
 @pytest.mark.vllm

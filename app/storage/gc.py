@@ -1,0 +1,85 @@
+"""`sdft gc`: give back the disk that nothing refers to any more, never a registered version's files.
+
+Removed: the run directories (checkpoints, scratch final models) of jobs that have ended (their
+versions live in the store's trees), stored trees no version points at, and stored blobs no uploaded
+file points at. Kept: everything a model version or a file row references, and the runs of jobs
+still in progress (they resume from those checkpoints).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.files.models import UploadedFile
+from app.jobs.models import Job
+from app.jobs.states import TERMINAL_STATUSES
+from app.registry.models import ModelVersion
+from app.storage.base import file_uri_to_path
+
+
+@dataclass
+class GcReport:
+    removed: list[Path] = field(default_factory=list)
+    kept_runs: int = 0
+    bytes_freed: int = 0
+
+    def summary(self, dry_run: bool) -> str:
+        verb = "would remove" if dry_run else "removed"
+        return (
+            f"{verb} {len(self.removed)} item(s), {self.bytes_freed / 1e6:.1f} MB; "
+            f"kept {self.kept_runs} run(s) of unfinished jobs"
+        )
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _referenced(uris: list[str]) -> set[Path]:
+    found = set()
+    for uri in uris:
+        try:
+            found.add(file_uri_to_path(uri).resolve())
+        except ValueError:  # a remote uri: nothing of ours on this disk
+            continue
+    return found
+
+
+def collect_garbage(session: Session, storage_root: Path, *, dry_run: bool) -> GcReport:
+    root = storage_root.expanduser().resolve()
+    report = GcReport()
+    versions = _referenced(list(session.scalars(select(ModelVersion.checkpoint_uri))))
+    blobs = _referenced(list(session.scalars(select(UploadedFile.storage_uri))))
+    ended = {str(s) for s in TERMINAL_STATUSES}
+    statuses = dict(session.execute(select(Job.id, Job.status)).tuples().all())
+    candidates: list[Path] = []
+    for run in sorted((root / "runs").glob("*")) if (root / "runs").is_dir() else []:
+        # A job's run directory that a version still points into (registered before versions went into
+        # the store's trees) is kept like any other version file.
+        pinned = any(path.is_relative_to(run) for path in versions)
+        if statuses.get(run.name) in ended and not pinned:
+            candidates.append(run)
+        else:
+            report.kept_runs += 1
+    for tree in sorted((root / "trees").glob("*")) if (root / "trees").is_dir() else []:
+        if tree.name.startswith(".tmp-") or tree.resolve() not in versions:
+            candidates.append(tree)
+    for blob in sorted((root / "blobs").rglob("*")) if (root / "blobs").is_dir() else []:
+        if blob.is_file() and blob.resolve() not in blobs:
+            candidates.append(blob)
+    for path in candidates:
+        report.bytes_freed += _size(path)
+        report.removed.append(path)
+        if not dry_run:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,36 @@
+"""The dashboard, mounted into the API app: pages under /ui, their static files under /ui/static."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.errors import NotFound
+from app.ui.pages import UI_DIR, PageRoute
+from app.ui.secret import session_secret
+from app.ui.session import SessionCodec
+from app.ui.views import aliases, compose, files, jobs, models, signin, tokens
+
+log = logging.getLogger(__name__)
+
+fallback = APIRouter(route_class=PageRoute)
+
+
+@fallback.get("/ui/{path:path}")
+def unknown_page(path: str) -> None:
+    raise NotFound(f"no page /ui/{path}", code="page_not_found")
+
+
+def mount_ui(app: FastAPI) -> None:
+    try:
+        app.state.ui_session_codec = SessionCodec(session_secret(app.state.settings))
+    except OSError as exc:  # the API runs without the dashboard rather than not at all
+        log.warning("dashboard disabled: no session secret (%s); set SDFT_UI_SESSION_SECRET", exc)
+        app.state.ui_session_codec = None
+    app.mount("/ui/static", StaticFiles(directory=UI_DIR / "static"), name="ui-static")
+    # compose before jobs: /ui/jobs/new is not a job id; the catch-all last.
+    for view in (signin, compose, jobs, files, models, aliases, tokens):
+        app.include_router(view.router, include_in_schema=False)
+    app.include_router(fallback, include_in_schema=False)

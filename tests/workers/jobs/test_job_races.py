@@ -1,0 +1,191 @@
+"""Races around a job's end, on SQLite and PostgreSQL, against the real database code: a job cancelled
+while it is being evaluated is never promoted; a promotion whose alias moved since the job was created
+registers the version and leaves the alias alone; two workers racing one expired lease: one runs the
+job, the other exits cleanly, and the job does not fail."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.service import Principal, Scope
+from app.bootstrap import ensure_database
+from app.db import make_engine, make_sessionmaker, session_scope
+from app.errors import Conflict
+from app.files import service as files
+from app.files.service import FilePurpose
+from app.jobs import service as jobs
+from app.jobs.schemas import JobCreate
+from app.jobs.states import JobStatus
+from app.leases import service as leases
+from app.queue import TaskProducer, producer_info
+from app.registry import service as registry
+from app.registry.aliases import service as aliases
+from app.settings import Settings
+from app.storage import make_store
+from app.suites import service as suites
+from app.suites.schemas import SuiteCreate
+from tests.conftest import arithmetic_rows
+from workers.jobs.claim import claim
+from workers.jobs.context import WorkerContext
+from workers.jobs.promote import succeed_and_promote
+
+ADMIN = Principal(token_id="tok_system", name="test", scopes=frozenset({Scope.ADMIN}))
+SUITE = '{"prompt": "What is 1 plus 1?", "reference": "2"}\n'
+
+
+@dataclass
+class World:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    base_id: str
+    body: dict[str, Any]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) -> Iterator[World]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    broker = f"redis://127.0.0.1:6379/{abs(hash(tmp_path)) % 15 + 1}" if url else ""
+    settings = Settings(data_dir=tmp_path, database_url=url, broker_url=broker)
+    ensure_database(settings)
+    engine = make_engine(settings.database_url)
+    # Job creation sends its message after the commit: a real (file-backed or Redis) broker takes it.
+    sessions = make_sessionmaker(engine, info=producer_info(TaskProducer(settings.broker_url)))
+    store = make_store(settings.storage_path)
+    with session_scope(sessions) as session:
+        from app.auth.models import ApiToken
+
+        session.add(
+            ApiToken(id=ADMIN.token_id, name="test", token_sha256="0" * 64, scopes=["admin"], created_at=0)
+        )
+        session.flush()
+        base, _ = registry.register_base(session, path=tiny_model_dir, name="tiny", description=None)
+        demos = files.create_file(
+            session, store, principal=ADMIN, filename="d.jsonl", content=arithmetic_rows().encode(),
+            purpose=FilePurpose.DEMONSTRATIONS,
+        )  # fmt: skip
+        suite_file = files.create_file(
+            session, store, principal=ADMIN, filename="s.jsonl", content=SUITE.encode(),
+            purpose=FilePurpose.REGRESSION_SUITE,
+        )  # fmt: skip
+        suite, _ = suites.create_suite(
+            session, store, principal=ADMIN, body=SuiteCreate(name="s", file=suite_file.id, grader="contains")
+        )
+        aliases.move(session, name="production", version_id=base.id, actor="test", expected_version=None)
+        base_id = base.id
+        body = {
+            "base": "alias:production",
+            "stages": [{"skill": "s", "training_file": demos.id, "suites": [suite.id], "method": "sft"}],
+            "auto_promote": "production",
+        }
+    yield World(settings, sessions, base_id, body)
+    engine.dispose()
+
+
+def _evaluating_job_with_an_accepted_candidate(world: World) -> tuple[str, str]:
+    """A job at the end of its last evaluation: candidate registered and accepted, job evaluating."""
+    with session_scope(world.sessions) as session:
+        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
+            jobs.advance(session, job.id, a, b)
+        uri = registry.get_version(session, world.base_id).checkpoint_uri
+        candidate = registry.register_version(
+            session, parent_id=world.base_id, job_id=job.id, skill="s", checkpoint_uri=uri,
+            checkpoint_sha256="c" * 64,
+        )  # fmt: skip
+        jobs.advance(
+            session, job.id, JobStatus.RUNNING, JobStatus.EVALUATING, candidate_version_ids=[candidate.id]
+        )
+        registry.decide_version(
+            session, version_id=candidate.id, status=registry.VersionStatus.ACCEPTED, gate_report={}
+        )
+        return job.id, candidate.id
+
+
+def test_a_job_cancelled_while_it_is_evaluated_is_never_promoted(world: World) -> None:
+    for attempt in range(25):
+        job_id, candidate_id = _evaluating_job_with_an_accepted_candidate(world)
+        barrier = threading.Barrier(2)
+
+        def cancel(job_id: str = job_id, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            # The job may finish first: then cancelling is a 409, the right answer.
+            with session_scope(world.sessions) as session, contextlib.suppress(Conflict):
+                jobs.cancel_job(session, job_id=job_id, actor="user")
+
+        def finish(
+            job_id: str = job_id, candidate_id: str = candidate_id, barrier: threading.Barrier = barrier
+        ) -> None:
+            barrier.wait()
+            with session_scope(world.sessions) as session:
+                succeed_and_promote(session, jobs.get_job(session, job_id), candidate_id)
+
+        threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with session_scope(world.sessions) as session:
+            status = jobs.get_job(session, job_id).status
+            alias = aliases.get_alias(session, "production").model_version_id
+            assert status in ("succeeded", "cancelled"), attempt
+            assert (alias == candidate_id) == (status == "succeeded"), f"attempt {attempt}: {status}, {alias}"
+            if status == "succeeded":  # put the alias back for the next attempt
+                aliases.move(session, name="production", version_id=world.base_id, actor="test")
+
+
+def test_a_moved_alias_is_not_clobbered_by_auto_promote(world: World) -> None:
+    job_id, candidate_id = _evaluating_job_with_an_accepted_candidate(world)
+    _other_job, human_id = _evaluating_job_with_an_accepted_candidate(world)
+    with session_scope(world.sessions) as session:
+        # A human promotes another accepted version while the job runs.
+        aliases.move(session, name="production", version_id=human_id, actor="a human")
+    with session_scope(world.sessions) as session:
+        assert not succeed_and_promote(session, jobs.get_job(session, job_id), candidate_id)
+    with session_scope(world.sessions) as session:
+        assert aliases.get_alias(session, "production").model_version_id == human_id
+        job = jobs.get_job(session, job_id)
+        assert job.status == "succeeded"
+        warnings = [e.message for e in jobs.events_after(session, job_id, 0, 100) if e.level == "warn"]
+        assert any("auto_promote of production skipped" in w and human_id in w for w in warnings)
+
+
+def test_two_workers_racing_an_expired_lease_run_it_once(world: World) -> None:
+    with session_scope(world.sessions) as session:
+        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        jobs.advance(session, job.id, JobStatus.VALIDATING, JobStatus.QUEUED)
+        # A worker held it and died: its lease is long expired.
+        leases.acquire(session, key=leases.job_key(job.id), owner="dead", job_id=job.id, ttl_seconds=-10)
+    contexts = [
+        WorkerContext(
+            settings=world.settings, worker_id=f"w{i}", sessions=world.sessions, lease_ttl_seconds=60
+        )
+        for i in range(2)
+    ]
+    results: list[Any] = [None, None]
+    barrier = threading.Barrier(2)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        results[i] = claim(contexts[i], job.id)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r in results if not isinstance(r, str)]
+    losers = [r for r in results if isinstance(r, str)]
+    assert len(winners) == 1 and len(losers) == 1, results
+    assert "another worker holds" in losers[0]
+    with session_scope(world.sessions) as session:
+        assert jobs.get_job(session, job.id).status == "running"
+        holder = leases.holder(session, leases.job_key(job.id))
+        assert holder is not None and holder.owner in ("w0", "w1")
