@@ -214,7 +214,7 @@ def run_demo(settings: Settings, port: int) -> int:
     worker = start_worker(settings)
     try:
         wait_ready(url, api)
-        print(f"service up at {url} (worker pid {worker.pid}); submitting the example job")
+        print(f"service up at {url} (training worker pid {worker.trainer.pid}); submitting the example job")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
             job_id = submit(client)
             print(f"job {job_id}: {len(DEMO_STAGES)} stages ({', '.join(DEMO_STAGES)}) + general suite")

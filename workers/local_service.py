@@ -91,21 +91,42 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def start_worker(settings: Settings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+@dataclass(frozen=True)
+class LocalWorkers:
+    """Two Celery processes: `gpu` trains (with the torch threads), `default` validates new jobs, so a
+    job's validation never waits behind another job's training."""
+
+    trainer: subprocess.Popen[bytes]
+    validator: subprocess.Popen[bytes]
+
+    @property
+    def processes(self) -> tuple[subprocess.Popen[bytes], ...]:
+        return (self.trainer, self.validator)
+
+
+def start_worker(settings: Settings, log_path: Path | None = None) -> LocalWorkers:
     log = (log_path or settings.data_dir / "worker.log").open("ab")
-    return subprocess.Popen(worker_command(), env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    env = worker_env(settings)
+    trainer = subprocess.Popen(worker_command("gpu"), env=env, stdout=log, stderr=subprocess.STDOUT)
+    # Validation reads files and suites: one thread is plenty, and leaves the cores to training.
+    validator_env = {**env, "SDFT_WORKER_THREADS": "1"}
+    validator = subprocess.Popen(
+        worker_command("default"), env=validator_env, stdout=log, stderr=subprocess.STDOUT
+    )
+    return LocalWorkers(trainer, validator)
 
 
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+def stop_worker(workers: LocalWorkers) -> None:
     """Warm shutdown (finish or checkpoint-free abort of the current step), then kill if it hangs."""
-    if worker.poll() is not None:
-        return
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=WORKER_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
+    running = [worker for worker in workers.processes if worker.poll() is None]
+    for worker in running:
+        worker.send_signal(signal.SIGTERM)
+    for worker in running:
+        try:
+            worker.wait(timeout=WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def up(
@@ -123,8 +144,8 @@ def up(
     process = start_worker(settings) if worker else None
     if process is not None:
         print(
-            f"sdft: worker pid {process.pid} ({settings.worker_threads} torch threads), "
-            f"log {settings.data_dir / 'worker.log'}",
+            f"sdft: training worker pid {process.trainer.pid} ({settings.worker_threads} torch threads), "
+            f"validation worker pid {process.validator.pid}, log {settings.data_dir / 'worker.log'}",
             file=sys.stderr,
         )
     else:

@@ -60,8 +60,11 @@ class RolloutBackend(Protocol):
     exact_numerics: bool
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, should_stop: StopCheck | None = None
     ) -> list[list[Completion]]:  # [prompt][sample]
+        """Sample; a backend that generates token by token checks `should_stop` as it goes and raises
+        GenerationStopped when it says so (a vLLM engine finishes a batch in seconds: it is checked
+        between steps instead)."""
         ...
 
     def sync_weights(self, step: int) -> None:
@@ -69,6 +72,13 @@ class RolloutBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+StopCheck = Callable[[], bool]
+
+
+class GenerationStopped(Exception):
+    """`should_stop` said so in the middle of a generate call (a cancelled job): nothing is returned."""
 
 
 # Builds a stage's backend around its student: (student, tokenizer, placement, shape) -> backend.

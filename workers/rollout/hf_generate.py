@@ -8,15 +8,24 @@ tokens' log-probabilities are kept step by step ([batch] per step, never [batch,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from workers.models.forward import base_of
 from workers.models.loading import Placement
-from workers.rollout.base import Completion, SamplingParams
+from workers.rollout.base import Completion, GenerationStopped, SamplingParams, StopCheck
+
+STOP_CHECK_SECONDS = 1.0
 
 
 class SampledTokenLogprobs(LogitsProcessor):
@@ -42,6 +51,25 @@ class SampledTokenLogprobs(LogitsProcessor):
             assert self.pending is not None
             self.picked.append(self.pending.gather(-1, new_tokens[:, -1:]).squeeze(-1))
         return torch.stack(self.picked[:steps], dim=1)
+
+
+class StopWhenAsked(StoppingCriteria):
+    """Asks `should_stop` between tokens, at most every STOP_CHECK_SECONDS (it may query a database),
+    and raises GenerationStopped when it says yes: a cancelled job stops generating within seconds,
+    not at the end of a step of long rollouts."""
+
+    def __init__(self, should_stop: StopCheck) -> None:
+        self.should_stop = should_stop
+        self.checked_at = time.monotonic()
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
+    ) -> torch.BoolTensor:
+        if time.monotonic() - self.checked_at >= STOP_CHECK_SECONDS:
+            self.checked_at = time.monotonic()
+            if self.should_stop():
+                raise GenerationStopped("stopped while generating")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 @contextmanager
@@ -74,7 +102,9 @@ class TransformersBackend:
         """Nothing to release: the model belongs to the trainer."""
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, should_stop: StopCheck | None = None
+    ) -> list[list[Completion]]:
         expanded = [list(p) for p in prompts for _ in range(params.num_samples)]
         results: list[Completion] = []
         # One generator per call, seeded by the caller: rollouts are reproducible and a resumed stage
@@ -83,13 +113,17 @@ class TransformersBackend:
         torch.manual_seed(params.seed)
         try:
             for start in range(0, len(expanded), self.batch_size):
-                results += self._generate_batch(expanded[start : start + self.batch_size], params)
+                results += self._generate_batch(
+                    expanded[start : start + self.batch_size], params, should_stop
+                )
         finally:
             torch.random.set_rng_state(generator_state)
         n = params.num_samples
         return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams, should_stop: StopCheck | None
+    ) -> list[Completion]:
         width = max(len(p) for p in prompts)
         device = self.placement.device
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long, device=device)
@@ -114,6 +148,7 @@ class TransformersBackend:
                 attention_mask=attention,
                 generation_config=config,
                 logits_processor=LogitsProcessorList([recorder]),
+                stopping_criteria=StoppingCriteriaList([StopWhenAsked(should_stop)] if should_stop else []),
             )
         self.model.train(was_training)
         new_tokens = sequences[:, width:]

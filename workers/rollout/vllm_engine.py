@@ -52,7 +52,7 @@ from peft import PeftModel
 
 from app.contracts.rollout_settings import RolloutSettings
 from workers.models.loading import context_length_from_config
-from workers.rollout.base import Completion, RolloutShape, SamplingParams
+from workers.rollout.base import Completion, RolloutShape, SamplingParams, StopCheck
 
 INSTALL_HINT = (
     "the vLLM rollout backend needs vLLM: `pip install vllm` on CUDA machines, or on CPU machines "
@@ -450,7 +450,9 @@ class VllmEngineBackend:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, should_stop: StopCheck | None = None
+    ) -> list[list[Completion]]:
         if self._weights_dropped:  # woke from a level-2 sleep without a sync: reload first
             assert self._synced_step is not None
             self.sync_weights(self._synced_step)

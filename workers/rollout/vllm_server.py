@@ -34,7 +34,7 @@ import torch
 from peft import PeftModel
 
 from app.contracts.rollout_settings import RolloutSettings
-from workers.rollout.base import Completion, SamplingParams
+from workers.rollout.base import Completion, SamplingParams, StopCheck
 from workers.rollout.vllm_engine import sample_seed
 
 RETRY_STATUS = frozenset({502, 503, 504})
@@ -217,7 +217,9 @@ class VllmServerBackend:
             raise self._fail("complete a rollout", response)
         return parse_completion(response.json(), stop_token_ids)
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, should_stop: StopCheck | None = None
+    ) -> list[list[Completion]]:
         model = self._adapter or self.model
         bodies = [
             completion_request(model, prompt, params, i, j)

@@ -30,7 +30,7 @@ from app.training.diagnostics import loss_concentration, probe_stalled
 from app.training.stage_config import ResolvedStage, StageConfig, resolve
 from workers.models.chat import ChatRenderer
 from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
-from workers.rollout.base import BackendFactory
+from workers.rollout.base import BackendFactory, GenerationStopped
 from workers.training.checkpointing import Checkpoint, latest_checkpoint, load_training_state, save_checkpoint
 from workers.training.diagnostics import LearningProbe, ProbeMeasurement
 from workers.training.objectives import BUILDERS, Objective, StageContext, build_objective
@@ -351,7 +351,9 @@ def run_stage(
     if config.gradient_checkpointing:
         student.gradient_checkpointing_enable()  # type: ignore[operator]
     longest_prompt = max(len(e.student_prompt_ids) for e in [*examples, *replay_examples])
-    ctx = StageContext(config, resolved, student, tokenizer, tuple(stop_ids), placement, longest_prompt)
+    ctx = StageContext(
+        config, resolved, student, tokenizer, tuple(stop_ids), placement, longest_prompt, should_stop
+    )
     renderer = ChatRenderer(tokenizer, config.chat_template_kwargs)
     pool = [tuple(renderer.prompt_ids([dict(m) for m in prompt])) for prompt in inputs.retention_prompts]
     objective = build_objective(ctx, base_dir=base, backend_factory=backend_factory, pool=pool)
@@ -413,7 +415,16 @@ def run_stage(
                     checkpoint_now(step)
                 found = latest_checkpoint(out)
                 raise StageCancelled(step, found.path if found else None)
-            last = stage.step(step)
+            try:
+                last = stage.step(step)
+            except GenerationStopped:
+                # Cancelled mid-rollout: this step's half-accumulated gradients are dropped (no
+                # optimizer step was taken), the steps done before it are kept.
+                stage.optimizer.zero_grad(set_to_none=True)
+                if step > saved_step:
+                    checkpoint_now(step)
+                found = latest_checkpoint(out)
+                raise StageCancelled(step, found.path if found else None) from None
             with metrics_log.open("a") as f:
                 f.write(json.dumps(last.to_dict()) + "\n")
             done = step + 1

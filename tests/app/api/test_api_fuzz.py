@@ -47,3 +47,41 @@ def test_no_server_errors(app: FastAPI, tokens: Tokens) -> None:
             except Exception as exc:  # collect every operation's failure, then report them together
                 failures.append(f"{operation.label} ({mode.value}): {str(exc)[:2000]}")
     assert not failures, "\n\n".join(failures)
+
+
+# Bodies no schema-driven generator produces: non-finite numbers (Python's JSON reader accepts them),
+# nesting deeper than any parser's recursion limit, and a body streamed without a length.
+HOSTILE_BODIES = {
+    "nan": b'{"name": NaN, "version": NaN, "base": NaN, "tolerance": NaN}',
+    "infinity": b'{"name": Infinity, "tolerance": -Infinity, "stages": Infinity}',
+    "deep": b"[" * 50_000 + b"]" * 50_000,
+    "deep-object": b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+}
+
+
+def test_hostile_bodies_never_cause_a_server_error(app: FastAPI, tokens: Tokens) -> None:
+    from fastapi.testclient import TestClient
+
+    schema = app.openapi()
+    writes = [
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        for method in operations
+        if method in ("post", "put", "patch", "delete") and path.startswith("/v1/")
+    ]
+    assert len(writes) >= 8
+    headers = {**Tokens.header(tokens.admin), "Content-Type": "application/json"}
+    failures = []
+    with TestClient(app) as client:
+        for method, path in writes:
+            url = path.replace("{", "").replace("}", "")  # ids that do not exist: still no 5xx
+            for name, body in HOSTILE_BODIES.items():
+                response = client.request(method, url, content=body, headers=headers)
+                if response.status_code >= 500:
+                    failures.append(f"{method} {path} {name}: {response.status_code} {response.text[:200]}")
+            chunked = client.request(
+                method, url, content=iter([b"{", b"x" * (2 * 1024 * 1024), b"}"]), headers=headers
+            )
+            if chunked.status_code >= 500:
+                failures.append(f"{method} {path} chunked: {chunked.status_code}")
+    assert not failures, "\n".join(failures)

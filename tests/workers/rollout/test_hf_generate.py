@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -79,3 +80,25 @@ def test_sampled_logprobs_are_kept_step_by_step(tiny_model_dir: Path) -> None:
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1] / temperature
             expected = logits.log_softmax(-1).gather(-1, torch.tensor(rollout.token_ids)[:, None]).squeeze(-1)
             torch.testing.assert_close(torch.tensor(rollout.logprobs), expected, rtol=0, atol=1e-4)
+
+
+def test_a_stop_request_interrupts_generation_within_seconds(tiny_model_dir: Path) -> None:
+    """A cancelled job must not sit through a step of long rollouts: generation asks should_stop as it
+    goes and raises GenerationStopped (checks are at most a second apart)."""
+    import time
+
+    from workers.models.loading import default_placement, load_model, load_tokenizer
+    from workers.rollout.base import GenerationStopped, SamplingParams
+    from workers.rollout.hf_generate import TransformersBackend
+
+    placement = default_placement("cpu")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    backend = TransformersBackend(
+        load_model(tiny_model_dir, placement), int(tokenizer.pad_token_id), placement
+    )
+    started = time.monotonic()
+    # No stop token and a very long budget: uninterrupted, this would run for minutes.
+    params = SamplingParams(max_new_tokens=20000, temperature=1.0, seed=0)
+    with pytest.raises(GenerationStopped):
+        backend.generate([[1, 2, 3]], params, should_stop=lambda: time.monotonic() - started > 0.5)
+    assert time.monotonic() - started < 5.0

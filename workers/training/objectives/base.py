@@ -28,7 +28,7 @@ from app.evaluation.leakage import template_leakage
 from app.training.stage_config import ResolvedStage, StageConfig
 from workers.models.forward import PackedBatch, completion_hidden, head_weight, hidden_states, pack
 from workers.models.loading import Placement
-from workers.rollout.base import Completion, RolloutBackend, SamplingParams
+from workers.rollout.base import Completion, RolloutBackend, SamplingParams, StopCheck
 from workers.training.chunked_head import (
     TokenLoss,
     chunked_lm_head_loss,
@@ -58,6 +58,7 @@ class StageContext:
     stop_ids: tuple[int, ...]
     placement: Placement
     longest_prompt_tokens: int  # the longest student prompt of the stage's rows (own and replayed)
+    should_stop: StopCheck | None = None  # asked while generating: a cancelled job stops within seconds
 
     @property
     def pad_id(self) -> int:
@@ -291,7 +292,7 @@ class OnPolicyDistillation:
             seed=rollout_seed(cfg.seed + self.seed_offset, step),
             stop_token_ids=self.ctx.stop_ids,
         )
-        sampled = self.backend.generate([p.student_ids for p in prompts], params)
+        sampled = self.backend.generate([p.student_ids for p in prompts], params, self.ctx.should_stop)
         pairs = [(p, c) for p, completions in zip(prompts, sampled, strict=True) for c in completions]
         return [p for p, _ in pairs], [c for _, c in pairs], time.perf_counter() - started
 
