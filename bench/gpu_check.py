@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # pragma: no cover - needs
 
     from app.contracts.rollout_settings import RolloutSettings
     from app.training.stage_config import StageConfig
-    from workers.models.loading import default_placement, load_tokenizer, stop_token_ids
+    from workers.models.loading import load_tokenizer, stop_token_ids
+    from workers.models.placement import default_placement
     from workers.rollout.base import SamplingParams
     from workers.rollout.factory import make_backend_factory
     from workers.rollout.hf_generate import TransformersBackend
@@ -283,7 +284,8 @@ def measure_sleep(args: argparse.Namespace) -> int:  # pragma: no cover - needs 
     import torch
 
     from app.contracts.rollout_settings import RolloutSettings
-    from workers.models.loading import default_placement, load_model
+    from workers.models.loading import load_model
+    from workers.models.placement import default_placement
     from workers.rollout.vllm_engine import VllmEngineBackend
 
     student = load_model(args.model, default_placement("cuda"))

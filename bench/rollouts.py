@@ -36,7 +36,8 @@ import torch
 from app.contracts.demonstrations import parse_demonstrations
 from app.contracts.rollout_settings import RolloutSettings
 from app.training.stage_config import StageConfig
-from workers.models.loading import default_placement, load_model, load_tokenizer, stop_token_ids
+from workers.models.loading import load_model, load_tokenizer, stop_token_ids
+from workers.models.placement import default_placement
 from workers.rollout.base import Completion, RolloutBackend, SamplingParams
 from workers.rollout.factory import make_backend_factory
 from workers.rollout.hf_generate import TransformersBackend

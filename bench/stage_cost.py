@@ -198,7 +198,9 @@ def child_loss(args: argparse.Namespace) -> dict[str, Any]:
     base = peak_rss_mb()
     started = time.perf_counter()
     if args.variant == "chunked":
-        token_loss = chunked_head.distillation_token_loss(teacher_hidden, weight.detach(), divergence="forward_kl")
+        token_loss = chunked_head.distillation_token_loss(
+            teacher_hidden, weight.detach(), divergence="forward_kl"
+        )
         loss = chunked_head.chunked_lm_head_loss(
             hidden, weight, token_weights, token_loss=token_loss, chunk_size=256
         )

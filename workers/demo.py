@@ -22,7 +22,7 @@ from app.settings import Settings
 from workers.local_service import DEFAULT_ALIAS, bootstrap, start_worker, stop_worker
 
 # Sized for a 2-core CPU: LoRA keeps checkpoints small, a few steps per stage keep it within minutes.
-# A frozen teacher kept general knowledge best at this size (shared/reference/small-scale-probes.md);
+# A frozen teacher kept general knowledge best at this size (docs/reference/small-scale-probes.md);
 # otherwise the paper's loss (forward KL over the full vocabulary, first 3 tokens masked).
 # Knowledge first: learning the format skill moved SmolLM2's arithmetic answers ("3 x 3" -> "3"), so
 # with this order the demo shows an accepted stage, then the gate catching that regression.

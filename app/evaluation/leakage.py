@@ -2,7 +2,7 @@
 
 SDFT students learn from a teacher that reads its demonstration inside a fixed template. Probes at
 135M found students writing "The answer to this question is: …" or "Based on the text" into
-unrelated answers (shared/reference/small-scale-probes.md §3; sdft-algorithm.md §10 item 14).
+unrelated answers (docs/reference/small-scale-probes.md §3; docs/reference/sdft-algorithm.md §10 item 14).
 `template_leakage` counts outputs containing such phrases: the readiness probe runs it on the
 teacher's answers (what the student will imitate), and evaluations can run it on their outputs to warn.
 

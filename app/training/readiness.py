@@ -2,7 +2,7 @@
 
 SDFT's teacher is the model itself reading a demonstration. If that does not make it answer better,
 the student has nothing to distil: the paper finds 3B models too weak and 7B fine
-(shared/reference/sdft-algorithm.md §10 item 15, §12 item 10). Before training, the probe takes a
+(docs/reference/sdft-algorithm.md §10 item 15, §12 item 10). Before training, the probe takes a
 few held-out demonstrations, greedy-decodes the student prompt and the teacher prompt, grades both
 answers against the demonstration with the new skill's grader, and measures the demonstration's
 per-token NLL with and without the demonstration in context.

@@ -11,7 +11,8 @@ import torch
 
 from app.training.stage_config import StageConfig
 from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.rollout.base import SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
 from workers.training.prompts import prepare_examples

@@ -17,7 +17,8 @@ from app.settings import Settings
 from app.training.stage_config import StageConfig
 from workers.cli import build_parser, main
 from workers.evaluation.cache import evaluate_model_dir
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.rollout.base import RolloutShape
 from workers.rollout.factory import engine_fallback_note, make_backend_factory
 from workers.training.checkpointing import latest_checkpoint

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from workers.models.forward import sampled_token_logprobs
 from workers.training.chunked_head import (
     chunked_lm_head_loss,
     cross_entropy_token_loss,
     distillation_token_loss,
-    sampled_token_logprobs,
 )
 from workers.training.divergences import cross_entropy_tokens, token_divergence
 

@@ -13,11 +13,11 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from workers.models.forward import sampled_token_logprobs
 from workers.training.chunked_head import (
     chunked_lm_head_loss,
     cross_entropy_token_loss,
     distillation_token_loss,
-    sampled_token_logprobs,
 )
 from workers.training.divergences import cross_entropy_tokens, naive_distillation_loss, token_divergence
 from workers.training.token_weights import (

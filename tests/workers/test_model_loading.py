@@ -13,13 +13,8 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, GraniteConfig, Granite
 
 from app.training.stage_config import StageConfig
 from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
-from workers.models.loading import (
-    ModelDirError,
-    default_placement,
-    load_model,
-    load_tokenizer,
-    stop_token_ids,
-)
+from workers.models.loading import ModelDirError, load_model, load_tokenizer, stop_token_ids
+from workers.models.placement import default_placement
 from workers.models.tiny import write_tiny_model_dir
 from workers.training.chunked_head import cross_entropy_token_loss
 from workers.training.loop import resolve_for

@@ -24,7 +24,8 @@ from app.training.readiness import (
     probe_reference,
 )
 from app.training.stage_config import StageConfig
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.training.readiness import teacher_readiness
 
 # --------------------------------------------------------------------------- the rule

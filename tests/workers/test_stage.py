@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from app.contracts.artifacts import model_dir_sha256
 from app.training.stage_config import StageConfig
-from workers.models.loading import default_placement, load_model
+from workers.models.loading import load_model
+from workers.models.placement import default_placement
 from workers.training.checkpointing import latest_checkpoint
 from workers.training.loop import ResumeMismatch, StageCancelled, StageInputs, StepMetrics, run_stage
 

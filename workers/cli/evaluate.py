@@ -17,7 +17,7 @@ EVAL_SUITES_HELP = (
 
 def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
     """Checks `sdft eval` and `sdft gate` share: backend available, batch size, JSON output folder."""
-    from workers.evaluation.runner import vllm_unavailable_reason
+    from workers.evaluation.engine import vllm_unavailable_reason
 
     problems = []
     reason = vllm_unavailable_reason() if args.backend == "vllm" else None
@@ -31,7 +31,7 @@ def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from workers.evaluation.runner import load_suite_spec
+    from workers.cli.suite_files import load_suite_spec
     from workers.models.loading import ModelDirError, check_model_dir
 
     problems: list[str] = []
@@ -57,8 +57,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from app.evaluation.leakage import template_leakage
     from app.evaluation.results import render_results_table
+    from workers.cli.suite_files import SuiteProgressBars
     from workers.evaluation.cache import EvalCache, evaluate_model_dir
-    from workers.evaluation.runner import SuiteProgressBars
 
     bars = SuiteProgressBars("eval")
     try:
@@ -100,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from workers.evaluation.runner import load_suite_spec, split_suite_role
+    from workers.cli.suite_files import load_suite_spec, split_suite_role
     from workers.models.loading import ModelDirError, check_model_dir
 
     problems: list[str] = []
@@ -133,8 +133,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
     from app.evaluation.leakage import template_leakage
     from app.settings import get_settings
+    from workers.cli.suite_files import SuiteProgressBars
     from workers.evaluation.cache import EvalCache, evaluate_model_dir
-    from workers.evaluation.runner import SuiteProgressBars
 
     cache = EvalCache(args.cache or get_settings().data_dir / "eval-cache")
     evaluations = {}

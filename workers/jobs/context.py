@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.settings import Settings
-from workers.models.loading import Placement
+from workers.models.placement import Placement
 from workers.rollout.base import BackendFactory
 
 

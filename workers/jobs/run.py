@@ -24,7 +24,7 @@ from workers.jobs.errors import JobFailed, LeaseLost, fail_job
 from workers.jobs.evaluate import evaluate_and_gate
 from workers.jobs.run_state import JobRun
 from workers.jobs.train import train_stage
-from workers.models.loading import default_placement
+from workers.models.placement import default_placement
 
 Phase = Callable[[JobRun, Job], None]
 PHASES: dict[JobStatus, Phase] = {JobStatus.RUNNING: train_stage, JobStatus.EVALUATING: evaluate_and_gate}

@@ -17,7 +17,7 @@ from workers.jobs import messages
 from workers.jobs.claim import Heartbeat
 from workers.jobs.context import WorkerContext
 from workers.jobs.errors import JobFailed
-from workers.models.loading import Placement
+from workers.models.placement import Placement
 
 
 @dataclass

@@ -15,6 +15,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from workers.models.placement import Placement
+
 
 @dataclass(frozen=True)
 class PackedBatch:
@@ -90,3 +92,71 @@ def head_weight(model: torch.nn.Module) -> torch.Tensor:
     weight = head.weight
     assert isinstance(weight, torch.Tensor)
     return weight
+
+
+def logits_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """Logits are computed in at least fp32 (fp64 stays fp64, for tight reference tests): a bf16
+    matmul (CUDA autocast's hidden states) rounds logits of ~20 by ~0.06 before the log-softmax,
+    more than the divergences between near-identical distributions it feeds."""
+    return torch.promote_types(hidden.dtype, torch.float32)
+
+
+@torch.no_grad()
+def sampled_token_logprobs(
+    hidden_NH: torch.Tensor, head_weight_VH: torch.Tensor, ids_N: torch.Tensor, chunk_size: int = 256
+) -> torch.Tensor:
+    """log p(ids) under hidden @ W^T, fp32 [N], chunked, no grad (IS weights and diagnostics)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = hidden_NH.shape[0]
+    out_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
+    compute = logits_dtype(hidden_NH)
+    weight_VH = head_weight_VH.to(compute)
+    ids_N = ids_N.to(device=hidden_NH.device, dtype=torch.long)
+    for start in range(0, n, chunk_size):
+        positions = slice(start, min(start + chunk_size, n))
+        logits_nV = hidden_NH[positions].to(compute) @ weight_VH.T
+        picked_n = logits_nV.gather(-1, ids_N[positions].unsqueeze(-1)).squeeze(-1)
+        out_N[positions] = picked_n - torch.logsumexp(logits_nV, dim=-1)
+    return out_N
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    placement: Placement,
+    batch_size: int = 16,
+) -> list[list[float]]:
+    """log p(continuation token j | prompt, earlier continuation tokens) for every pair, batched.
+
+    Pairs are sorted by length so each batch pads little; results come back in input order. Uses the
+    training path (pack, final hidden states, lm-head rows of the scored tokens only) so eval scores
+    and training losses read the model the same way.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError("need one continuation per prompt")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+    scores: list[list[float]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = pack(
+                [prompts[i] for i in rows], [continuations[i] for i in rows], pad_token_id, placement.device
+            )
+            with placement.autocast():
+                hidden_BTH = completion_hidden(hidden_states(model, batch), batch)
+            b, t, h = hidden_BTH.shape
+            logprobs_BT = sampled_token_logprobs(
+                hidden_BTH.reshape(b * t, h), head_weight(model), batch.completion_ids.reshape(-1)
+            ).view(b, t)
+            for position, i in enumerate(rows):
+                scores[i] = logprobs_BT[position, : len(continuations[i])].tolist()
+    finally:
+        model.train(was_training)
+    return scores

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +18,11 @@ from transformers import (
 )
 
 from workers.models.forward import head_weight
+from workers.models.placement import Placement
 
 # Config fields of model-specific logit transforms (Gemma 2/3, RecurrentGemma, Granite, Cohere).
 LOGIT_TRANSFORM_FIELDS = ("final_logit_softcapping", "logits_soft_cap", "logits_scaling", "logit_scale")
 HEAD_CHECK_TOKENS = 8
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a stage runs. Weights stay fp32 everywhere (an fp32 master copy, so small AdamW updates
-    are not rounded away); on CUDA the forward passes run under bf16 autocast."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def autocast(self) -> torch.autocast:
-        enabled = self.autocast_dtype is not None
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=enabled)
-
-
-def default_placement(device: str | None = None) -> Placement:
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return Placement(chosen, torch.bfloat16 if chosen.type == "cuda" else None)
 
 
 class ModelDirError(ValueError):
@@ -146,3 +124,13 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model_dir: str | Path | N
         elif isinstance(eos, list):
             ids.update(int(i) for i in eos)
     return sorted(ids)
+
+
+def model_context_length(model: torch.nn.Module | None) -> int | None:
+    config = getattr(model, "config", None)
+    return None if config is None else context_length_from_config(config.to_dict())
+
+
+def model_dir_context_length(model_dir: str | Path) -> int | None:
+    path = Path(model_dir) / "config.json"
+    return context_length_from_config(json.loads(path.read_text())) if path.is_file() else None

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from workers.models.loading import Placement
+    from workers.models.placement import Placement
 
 FinishReason = Literal["stop", "length"]
 

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.contracts.rollout_settings import RolloutSettings
-from workers.models.loading import Placement
+from workers.models.placement import Placement
 from workers.rollout.base import BackendFactory, RolloutBackend, RolloutShape
 from workers.rollout.hf_generate import TransformersBackend
 

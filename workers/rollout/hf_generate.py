@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from workers.models.forward import base_of
-from workers.models.loading import Placement
+from workers.models.placement import Placement
 from workers.rollout.base import Completion, GenerationStopped, SamplingParams, StopCheck
 
 STOP_CHECK_SECONDS = 1.0

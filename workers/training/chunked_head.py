@@ -15,17 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workers.models.forward import logits_dtype
 from workers.training.divergences import cross_entropy_tokens, token_divergence, validate_divergence_args
 
 # token_loss(student_logits_nV, positions) -> loss_n; positions is the slice of [0, N) in the chunk.
 TokenLoss = Callable[[Tensor, slice], Tensor]
-
-
-def logits_dtype(hidden: Tensor) -> torch.dtype:
-    """Logits are computed in at least fp32 (fp64 stays fp64, for tight reference tests): a bf16
-    matmul (CUDA autocast's hidden states) rounds logits of ~20 by ~0.06 before the log-softmax,
-    more than the divergences between near-identical distributions it feeds."""
-    return torch.promote_types(hidden.dtype, torch.float32)
 
 
 def _chunks_with_weight(token_weights_N: Tensor, chunk_size: int) -> list[bool]:
@@ -220,23 +214,3 @@ def cross_entropy_token_loss(target_ids_N: Tensor) -> TokenLoss:
         return cross_entropy_tokens(student_logits_nV, target_ids_N[positions])
 
     return token_loss
-
-
-@torch.no_grad()
-def sampled_token_logprobs(
-    hidden_NH: Tensor, head_weight_VH: Tensor, ids_N: Tensor, chunk_size: int = 256
-) -> Tensor:
-    """log p(ids) under hidden @ W^T, fp32 [N], chunked, no grad (IS weights and diagnostics)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    n = hidden_NH.shape[0]
-    out_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
-    compute = logits_dtype(hidden_NH)
-    weight_VH = head_weight_VH.to(compute)
-    ids_N = ids_N.to(device=hidden_NH.device, dtype=torch.long)
-    for start in range(0, n, chunk_size):
-        positions = slice(start, min(start + chunk_size, n))
-        logits_nV = hidden_NH[positions].to(compute) @ weight_VH.T
-        picked_n = logits_nV.gather(-1, ids_N[positions].unsqueeze(-1)).squeeze(-1)
-        out_N[positions] = picked_n - torch.logsumexp(logits_nV, dim=-1)
-    return out_N

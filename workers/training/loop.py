@@ -29,7 +29,8 @@ from app.contracts.demonstrations import Demonstration
 from app.training.diagnostics import loss_concentration, probe_stalled
 from app.training.stage_config import ResolvedStage, StageConfig, resolve
 from workers.models.chat import ChatRenderer
-from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
+from workers.models.loading import load_model, load_tokenizer, stop_token_ids
+from workers.models.placement import Placement, default_placement
 from workers.rollout.base import BackendFactory, GenerationStopped
 from workers.training.checkpointing import Checkpoint, latest_checkpoint, load_training_state, save_checkpoint
 from workers.training.diagnostics import LearningProbe, ProbeMeasurement

@@ -14,7 +14,8 @@ from typing import Any
 from app.contracts.demonstrations import Demonstration
 from app.training.readiness import PROBE_GRADERS, MethodChoice, ReadinessReport, choose_method
 from app.training.stage_config import AUTO_FALLBACK_METHOD, StageConfig
-from workers.models.loading import Placement, default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import Placement, default_placement
 from workers.training.readiness import teacher_readiness
 
 # The probe's greedy answers need not be long: the answer comes first in every demonstration we know.

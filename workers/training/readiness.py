@@ -28,8 +28,10 @@ from app.training.readiness import (
     probe_reference,
 )
 from app.training.stage_config import StageConfig
-from workers.evaluation.runner import continuation_logprobs, decode_text, model_context_length, pad_token_id
-from workers.models.loading import Placement, default_placement, stop_token_ids
+from workers.models.chat import decode_text, pad_token_id
+from workers.models.forward import continuation_logprobs
+from workers.models.loading import model_context_length, stop_token_ids
+from workers.models.placement import Placement, default_placement
 from workers.rollout.base import SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
 from workers.training.prompts import PreparedExample, prepare_examples

@@ -13,7 +13,8 @@ import workers.evaluation.cache as cache_module
 from app.evaluation.results import ItemRecord, SuiteResult, effective_decoding, eval_cache_key
 from app.evaluation.suites import DecodingConfig, EvalSuite, SuiteMeta, parse_suite_jsonl
 from workers.evaluation.cache import EvalCache, evaluate_cached, evaluate_model_dir, suite_cache_key
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
 

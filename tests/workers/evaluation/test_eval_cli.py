@@ -13,8 +13,10 @@ import pytest
 import workers.evaluation.cache as cache_module
 from app.evaluation.suites import DecodingConfig, SuiteMeta, parse_suite_jsonl
 from workers.cli import main
-from workers.evaluation.runner import evaluate_suite, load_suite_spec, split_suite_role, suite_name_from_path
-from workers.models.loading import default_placement, load_model, load_tokenizer, stop_token_ids
+from workers.cli.suite_files import load_suite_spec, split_suite_role, suite_name_from_path
+from workers.evaluation.runner import evaluate_suite
+from workers.models.loading import load_model, load_tokenizer, stop_token_ids
+from workers.models.placement import default_placement
 from workers.models.tiny import write_tiny_model_dir
 from workers.rollout.hf_generate import TransformersBackend
 

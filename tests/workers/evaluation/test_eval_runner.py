@@ -15,9 +15,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from app.evaluation.results import SuiteResult, ci_seed
 from app.evaluation.stats import bootstrap_mean_ci
 from app.evaluation.suites import EvalSuite, SuiteMeta, parse_suite_jsonl
-from workers.evaluation.runner import context_length_from_config, evaluate_suite, run_isolated
+from workers.evaluation.runner import evaluate_suite, run_isolated
 from workers.models.chat import ChatRenderer
-from workers.models.loading import Placement, default_placement, load_model, load_tokenizer, stop_token_ids
+from workers.models.loading import context_length_from_config, load_model, load_tokenizer, stop_token_ids
+from workers.models.placement import Placement, default_placement
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
 

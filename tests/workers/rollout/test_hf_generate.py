@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from workers.models.loading import default_placement, load_model
+from workers.models.loading import load_model
+from workers.models.placement import default_placement
 from workers.models.tiny import write_tiny_model_dir
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
@@ -87,7 +88,8 @@ def test_a_stop_request_interrupts_generation_within_seconds(tiny_model_dir: Pat
     goes and raises GenerationStopped (checks are at most a second apart)."""
     import time
 
-    from workers.models.loading import default_placement, load_model, load_tokenizer
+    from workers.models.loading import load_model, load_tokenizer
+    from workers.models.placement import default_placement
     from workers.rollout.base import GenerationStopped, SamplingParams
     from workers.rollout.hf_generate import TransformersBackend
 

@@ -12,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.contracts.rollout_settings import RolloutSettings, default_engine, rollout_settings_from_env
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.rollout import factory as factory_module
 from workers.rollout.base import RolloutShape
 from workers.rollout.factory import make_backend_factory, transformers_backend

@@ -22,7 +22,8 @@ from peft import LoraConfig, get_peft_model
 
 from app.contracts.rollout_settings import RolloutSettings
 from app.training.stage_config import StageConfig
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
 from workers.rollout.vllm_engine import (

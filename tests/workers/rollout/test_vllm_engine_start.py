@@ -12,7 +12,8 @@ import torch
 
 from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.suites import DecodingConfig, SuiteMeta, parse_suite_jsonl
-from workers.models.loading import default_placement, load_model, load_tokenizer
+from workers.models.loading import load_model, load_tokenizer
+from workers.models.placement import default_placement
 from workers.models.tiny import write_tiny_model_dir
 from workers.rollout.base import RolloutShape, SamplingParams
 from workers.rollout.factory import make_backend_factory

@@ -50,7 +50,7 @@ from workers.experiments.continual.plan import (
     choose_learning_rate,
 )
 from workers.experiments.continual.report import write_report
-from workers.models.loading import Placement, default_placement
+from workers.models.placement import Placement, default_placement
 from workers.rollout.factory import make_backend_factory
 from workers.training.loop import StageInputs, StepMetrics, data_sha256, run_stage
 from workers.training.method_choice import readiness_report

@@ -26,15 +26,21 @@ from transformers import PreTrainedTokenizerBase
 
 from app.evaluation.leakage import template_leakage
 from app.training.stage_config import ResolvedStage, StageConfig
-from workers.models.forward import PackedBatch, completion_hidden, head_weight, hidden_states, pack
-from workers.models.loading import Placement
+from workers.models.forward import (
+    PackedBatch,
+    completion_hidden,
+    head_weight,
+    hidden_states,
+    pack,
+    sampled_token_logprobs,
+)
+from workers.models.placement import Placement
 from workers.rollout.base import Completion, RolloutBackend, SamplingParams, StopCheck
 from workers.training.chunked_head import (
     TokenLoss,
     chunked_lm_head_loss,
     cross_entropy_token_loss,
     distillation_token_loss,
-    sampled_token_logprobs,
 )
 from workers.training.prompts import PreparedExample
 from workers.training.schedule import rollout_seed
