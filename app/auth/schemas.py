@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from app.auth.models import ApiToken
 from app.auth.service import TEAM_PATTERN, Scope
 from app.inputs import RequestModel
+from app.outputs import ReadModel
 
 
 class TokenCreate(RequestModel):
@@ -15,7 +15,7 @@ class TokenCreate(RequestModel):
     scopes: list[Scope] = Field(default_factory=list, max_length=3)
 
 
-class TokenRead(BaseModel):
+class TokenRead(ReadModel):
     id: str
     object: Literal["token"] = "token"
     name: str
@@ -24,18 +24,6 @@ class TokenRead(BaseModel):
     scopes: list[str]
     created_at: int
     revoked_at: int | None
-
-    @classmethod
-    def of(cls, token: ApiToken) -> TokenRead:
-        return cls(
-            id=token.id,
-            name=token.name,
-            team=token.team,
-            prefix=token.prefix,
-            scopes=list(token.scopes),
-            created_at=token.created_at,
-            revoked_at=token.revoked_at,
-        )
 
 
 class TokenCreated(TokenRead):

@@ -2,12 +2,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
-from app.files.models import UploadedFile
+from app.outputs import ReadModel
 
 
-class FileRead(BaseModel):
+class FileRead(ReadModel):
     id: str
     object: Literal["file"] = "file"
     purpose: str
@@ -17,16 +15,3 @@ class FileRead(BaseModel):
     status: str
     created_at: int
     preflight: dict[str, Any]
-
-    @classmethod
-    def of(cls, row: UploadedFile) -> FileRead:
-        return cls(
-            id=row.id,
-            purpose=row.purpose,
-            filename=row.filename,
-            bytes=row.bytes,
-            sha256=row.sha256,
-            status=row.status,
-            created_at=row.created_at,
-            preflight=row.preflight,
-        )

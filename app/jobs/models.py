@@ -36,6 +36,23 @@ class Job(Base):
     started_at: Mapped[int | None]
     finished_at: Mapped[int | None]
 
+    # The request's parts a reader sees as the job's own fields.
+    @property
+    def base_ref(self) -> str:
+        return str(self.request["base"])
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return list(self.request["stages"])
+
+    @property
+    def general_suites(self) -> list[str]:
+        return list(self.request.get("general_suites", []))
+
+    @property
+    def auto_promote(self) -> str | None:
+        return self.request.get("auto_promote")
+
 
 class JobEvent(Base):
     """Append-only log a user reads (messages, metrics, status changes); seq orders it."""

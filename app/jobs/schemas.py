@@ -5,7 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.inputs import RequestModel
-from app.jobs.models import Job, JobEvent
+from app.outputs import ReadModel
 from app.registry.aliases.service import ALIAS_NAME_PATTERN
 from app.training.stage_config import Method
 
@@ -48,11 +48,14 @@ class JobError(BaseModel):
     param: str | None = None
 
 
-class JobRead(BaseModel):
+class JobRead(ReadModel):
     id: str
     object: Literal["job"] = "job"
     status: str
-    base: str = Field(description="the base version id, resolved when the job was created")
+    base: str = Field(
+        validation_alias="base_version_id",
+        description="the base version id, resolved when the job was created",
+    )
     base_ref: str = Field(description="the base as given (an id or alias:NAME)")
     stages: list[dict[str, Any]]
     general_suites: list[str]
@@ -68,30 +71,8 @@ class JobRead(BaseModel):
     started_at: int | None
     finished_at: int | None
 
-    @classmethod
-    def of(cls, job: Job) -> JobRead:
-        return cls(
-            id=job.id,
-            status=job.status,
-            base=job.base_version_id,
-            base_ref=job.request["base"],
-            stages=job.request["stages"],
-            general_suites=job.request["general_suites"],
-            auto_promote=job.request["auto_promote"],
-            current_stage=job.current_stage,
-            step=job.step,
-            total_steps=job.total_steps,
-            metrics=job.metrics,
-            error=JobError.model_validate(job.error) if job.error else None,
-            candidate_version_ids=job.candidate_version_ids,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-        )
 
-
-class EventRead(BaseModel):
+class EventRead(ReadModel):
     id: str
     object: Literal["job.event"] = "job.event"
     created_at: int
@@ -99,14 +80,3 @@ class EventRead(BaseModel):
     type: str
     message: str
     data: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, event: JobEvent) -> EventRead:
-        return cls(
-            id=event.id,
-            created_at=event.created_at,
-            level=event.level,
-            type=event.type,
-            message=event.message,
-            data=event.data,
-        )

@@ -15,7 +15,14 @@ from app.errors import Unprocessable
 from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
 from app.registry import service
 from app.registry.models import ModelVersion
-from app.registry.schemas import ModelRegister, ModelVersionDetail, ModelVersionRead, ScoreRead
+from app.registry.schemas import (
+    ModelRegister,
+    ModelVersionDetail,
+    ModelVersionRead,
+    ScoreRead,
+    score_read,
+    version_read,
+)
 from app.registry.service import VersionStatus
 from app.storage import file_uri_to_path
 
@@ -24,7 +31,7 @@ router = APIRouter(tags=["models"])
 
 def _detail(session: Session, version: ModelVersion, viewer: Principal) -> ModelVersionDetail:
     return ModelVersionDetail(
-        **ModelVersionRead.of(version, viewer).model_dump(), aliases=service.aliases_of(session, version.id)
+        **version_read(version, viewer).model_dump(), aliases=service.aliases_of(session, version.id)
     )
 
 
@@ -62,7 +69,7 @@ def list_models(
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListResponse[ModelVersionRead]:
     rows, has_more = service.list_versions(session, status=status, base=base, after=after, limit=limit)
-    return list_response(rows, has_more, lambda v: ModelVersionRead.of(v, principal))
+    return list_response(rows, has_more, lambda v: version_read(v, principal))
 
 
 @router.get("/models/{version_id}", response_model=ModelVersionDetail)
@@ -75,9 +82,7 @@ def get_lineage(
     version_id: str, session: SessionDep, principal: CurrentPrincipal
 ) -> ListResponse[ModelVersionRead]:
     """The version, its parent, ... up to the registered base model (not paged)."""
-    return list_response(
-        service.lineage(session, version_id), False, lambda v: ModelVersionRead.of(v, principal)
-    )
+    return list_response(service.lineage(session, version_id), False, lambda v: version_read(v, principal))
 
 
 @router.get("/models/{version_id}/scores", response_model=ListResponse[ScoreRead])
@@ -88,4 +93,4 @@ def get_scores(
     that owns the suite (the items are its test data), and with admins."""
     rows = service.list_scores(session, version_id)
     readable = service.suites_readable_by(session, principal, rows) if per_item else set()
-    return list_response(rows, False, lambda s: ScoreRead.of(s, per_item=s.suite_id in readable))
+    return list_response(rows, False, lambda s: score_read(s, per_item=s.suite_id in readable))

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.auth.service import Principal
 from app.inputs import RequestModel
+from app.outputs import ReadModel
 from app.registry.models import ModelVersion, Score
 
 
@@ -15,7 +16,7 @@ class ModelRegister(RequestModel):
     description: str | None = Field(default=None, max_length=2000)
 
 
-class ModelVersionRead(BaseModel):
+class ModelVersionRead(ReadModel):
     id: str
     object: Literal["model_version"] = "model_version"
     name: str | None
@@ -34,31 +35,18 @@ class ModelVersionRead(BaseModel):
     )
     created_at: int
 
-    @classmethod
-    def of(cls, v: ModelVersion, viewer: Principal | None = None) -> ModelVersionRead:
-        return cls(
-            id=v.id,
-            name=v.name,
-            description=v.description,
-            parent_id=v.parent_id,
-            base_id=v.base_id,
-            number=v.number,
-            job_id=v.job_id,
-            skill=v.skill,
-            checkpoint_uri=v.checkpoint_uri if viewer is None or viewer.is_admin else None,
-            checkpoint_sha256=v.checkpoint_sha256,
-            status=v.status,
-            gate_report=v.gate_report,
-            training=v.training,
-            created_at=v.created_at,
-        )
+
+def version_read(version: ModelVersion, viewer: Principal | None = None) -> ModelVersionRead:
+    """Stored paths are for admins (and the system) only."""
+    read = ModelVersionRead.of(version)
+    return read if viewer is None or viewer.is_admin else read.model_copy(update={"checkpoint_uri": None})
 
 
 class ModelVersionDetail(ModelVersionRead):
     aliases: list[str]
 
 
-class ScoreRead(BaseModel):
+class ScoreRead(ReadModel):
     id: str
     object: Literal["score"] = "score"
     model_version_id: str
@@ -72,18 +60,7 @@ class ScoreRead(BaseModel):
     per_item: list[Any] | None = Field(description="per-item results, with ?per_item=true")
     created_at: int
 
-    @classmethod
-    def of(cls, s: Score, *, per_item: bool) -> ScoreRead:
-        return cls(
-            id=s.id,
-            model_version_id=s.model_version_id,
-            suite_id=s.suite_id,
-            suite_sha256=s.suite_sha256,
-            decoding_hash=s.decoding_hash,
-            score=s.score,
-            ci_low=s.ci_low,
-            ci_high=s.ci_high,
-            n=s.n,
-            per_item=s.per_item if per_item else None,
-            created_at=s.created_at,
-        )
+
+def score_read(score: Score, *, per_item: bool) -> ScoreRead:
+    read = ScoreRead.of(score)
+    return read if per_item else read.model_copy(update={"per_item": None})

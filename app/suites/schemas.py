@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.inputs import RequestModel
-from app.suites.models import Suite
+from app.outputs import ReadModel
 
 
 class SuiteCreate(RequestModel):
@@ -24,32 +24,16 @@ class SuiteCreate(RequestModel):
     decoding: dict[str, Any] | None = Field(default=None, description="{greedy, max_new_tokens, temperature}")
 
 
-class SuiteRead(BaseModel):
+class SuiteRead(ReadModel):
     id: str
     object: Literal["suite"] = "suite"
     name: str
-    file: str
+    file: str = Field(validation_alias="file_id")
     grader: str
     tolerance: float
     min_score: float | None
     grader_options: dict[str, Any]
     decoding: dict[str, Any]
-    sha256: str
+    sha256: str = Field(validation_alias="suite_sha256")
     num_items: int
     created_at: int
-
-    @classmethod
-    def of(cls, row: Suite) -> SuiteRead:
-        return cls(
-            id=row.id,
-            name=row.name,
-            file=row.file_id,
-            grader=row.grader,
-            tolerance=row.tolerance,
-            min_score=row.min_score,
-            grader_options=row.grader_options,
-            decoding=row.decoding,
-            sha256=row.suite_sha256,
-            num_items=row.num_items,
-            created_at=row.created_at,
-        )

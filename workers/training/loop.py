@@ -205,7 +205,7 @@ class Stage:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda s: lr_multiplier(s, resolved.max_steps, resolved.warmup_steps, config.lr_schedule),
+            lambda s: lr_multiplier(s, resolved.max_steps, resolved.warmup_steps, resolved.lr_schedule),
         )
         self.probe_baseline: float | None = None  # the probe divergence before the first step
         self.stalled = False

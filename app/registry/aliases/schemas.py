@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from app.inputs import RequestModel
-from app.registry.models import Alias, AliasHistory
+from app.outputs import ReadModel
 
 
 class AliasMove(RequestModel):
@@ -22,45 +22,22 @@ class AliasRollback(RequestModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-class AliasRead(BaseModel):
+class AliasRead(ReadModel):
     name: str
     object: Literal["alias"] = "alias"
-    version: str
+    version: str = Field(validation_alias="model_version_id")
     created_at: int
     updated_at: int
 
-    @classmethod
-    def of(cls, alias: Alias) -> AliasRead:
-        return cls(
-            name=alias.name,
-            version=alias.model_version_id,
-            created_at=alias.created_at,
-            updated_at=alias.updated_at,
-        )
 
-
-class AliasHistoryRead(BaseModel):
+class AliasHistoryRead(ReadModel):
     id: str
     object: Literal["alias.change"] = "alias.change"
-    alias: str
+    alias: str = Field(validation_alias="alias_name")
     action: str
-    from_version: str | None
-    to_version: str
+    from_version: str | None = Field(validation_alias="from_version_id")
+    to_version: str = Field(validation_alias="to_version_id")
     actor: str
     reason: str | None
     forced: bool
     created_at: int
-
-    @classmethod
-    def of(cls, h: AliasHistory) -> AliasHistoryRead:
-        return cls(
-            id=h.id,
-            alias=h.alias_name,
-            action=h.action,
-            from_version=h.from_version_id,
-            to_version=h.to_version_id,
-            actor=h.actor,
-            reason=h.reason,
-            forced=h.forced,
-            created_at=h.created_at,
-        )
