@@ -71,9 +71,10 @@ class ApiClient:
         token = os.environ.get("SDFT_TOKEN") or config.get("token")
         return cls(str(base_url), str(token) if token else None)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call. A busy API's 503 + Retry-After is retried when repeating is safe: reads, and
-        writes that carry an Idempotency-Key (the server returns the first result for a repeat)."""
+    def request(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        """One API call (the JSON answer, or its bytes with `raw`). A busy API's 503 + Retry-After is
+        retried when repeating is safe: reads, and writes that carry an Idempotency-Key (the server
+        returns the first result for a repeat)."""
         repeatable = method in ("GET", "HEAD") or "Idempotency-Key" in kwargs.get("headers", {})
         for attempt in range(BUSY_RETRIES + 1):
             try:
@@ -81,7 +82,7 @@ class ApiClient:
             except httpx.TransportError as exc:
                 raise ClientError(f"cannot reach {self.http.base_url}: {exc}", exit_code=2) from None
             if response.is_success:
-                return response.json()
+                return response.content if raw else response.json()
             wait = retry_after_seconds(response)
             if not repeatable or wait is None or attempt == BUSY_RETRIES:
                 break
@@ -240,15 +241,69 @@ def _jobs_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(path: str) -> Callable[[argparse.Namespace], int]:
+def _list(path: str, *filters: str) -> Callable[[argparse.Namespace], int]:
+    """GET a page; `filters` name the arguments sent as query parameters besides limit and after."""
+
     def handler(args: argparse.Namespace) -> int:
-        params = {
-            k: v for k, v in {"status": args.status, "limit": args.limit, "after": args.after}.items() if v
-        }
-        _print(ApiClient.from_environment().request("GET", path, params=params))
+        names = (*filters, "limit", "after")
+        params: dict[str, Any] = {k: getattr(args, k) for k in names if getattr(args, k, None)}
+        for pair in getattr(args, "metadata", None) or []:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ClientError(f"--metadata takes KEY=VALUE, not {pair!r}")
+            params[f"metadata[{key}]"] = value
+        _print(ApiClient.from_environment().request("GET", path.format(**vars(args)), params=params))
         return 0
 
     return handler
+
+
+def _delete(path_template: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        _print(ApiClient.from_environment().request("DELETE", path_template.format(**vars(args))))
+        return 0
+
+    return handler
+
+
+def _files_content(args: argparse.Namespace) -> int:
+    content = ApiClient.from_environment().request("GET", f"/v1/files/{args.file_id}/content", raw=True)
+    if args.output:
+        Path(args.output).write_bytes(content)
+    else:
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+    return 0
+
+
+def _jobs_metrics(args: argparse.Namespace) -> int:
+    params = {"format": args.format}
+    content = ApiClient.from_environment().request(
+        "GET", f"/v1/jobs/{args.job_id}/metrics", params=params, raw=True
+    )
+    sys.stdout.write(content.decode("utf-8"))
+    sys.stdout.flush()
+    return 0
+
+
+def _models_edit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.description is not None:
+        body["description"] = args.description or None
+    if args.tag is not None:
+        body["tags"] = [] if args.tag == [""] else args.tag
+    _print(ApiClient.from_environment().request("PATCH", f"/v1/models/{args.version_id}", json=body))
+    return 0
+
+
+def _webhooks_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"url": args.url, "events": args.event}
+    if args.description:
+        body["description"] = args.description
+    created = ApiClient.from_environment().request("POST", "/v1/webhooks", json=body)
+    print("the signing secret is shown only once: store it now", file=sys.stderr)
+    _print(created)
+    return 0
 
 
 def _jobs_events(args: argparse.Namespace) -> int:
@@ -298,7 +353,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def add_client_commands(subparsers: Any) -> dict[str, Any]:
-    """Register serve, tokens, files, jobs, models, promote and rollback on an argparse subparsers object.
+    """Register serve, tokens, files, jobs, models, promote, rollback and webhooks on an argparse subparsers
+    object.
     Each command sets `func(args) -> int`; run it through `run_command(args)` for uniform error output.
     Returns the nested subparsers by command name, so the `sdft` script can add its own verbs there."""
     serve = subparsers.add_parser("serve", help="run the API (uvicorn)")
@@ -334,6 +390,18 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     upload.add_argument("--model", help="version id or alias:NAME for token statistics")
     upload.add_argument("--grader", help="regression_suite: grader whose reference rules to check")
     upload.set_defaults(func=_files_upload)
+    files_list = files_sub.add_parser("list", help="the team's files, newest first")
+    files_list.add_argument("--purpose", choices=["demonstrations", "regression_suite"])
+    files_list.add_argument("--limit", type=int)
+    files_list.add_argument("--after")
+    files_list.set_defaults(func=_list("/v1/files", "purpose"))
+    files_content = files_sub.add_parser("content", help="download a file's stored bytes")
+    files_content.add_argument("file_id")
+    files_content.add_argument("-o", "--output", help="write here instead of standard output")
+    files_content.set_defaults(func=_files_content)
+    files_delete = files_sub.add_parser("delete", help="delete a file no suite or job uses")
+    files_delete.add_argument("file_id")
+    files_delete.set_defaults(func=_delete("/v1/files/{file_id}"))
 
     jobs = subparsers.add_parser("jobs", help="training jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -348,7 +416,12 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     jobs_list.add_argument("--status")
     jobs_list.add_argument("--limit", type=int)
     jobs_list.add_argument("--after")
-    jobs_list.set_defaults(func=_list("/v1/jobs"))
+    jobs_list.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="repeat for more keys")
+    jobs_list.set_defaults(func=_list("/v1/jobs", "status"))
+    jobs_metrics = jobs_sub.add_parser("metrics", help="one row per training step (JSONL or CSV)")
+    jobs_metrics.add_argument("job_id")
+    jobs_metrics.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    jobs_metrics.set_defaults(func=_jobs_metrics)
     jobs_cancel = jobs_sub.add_parser("cancel")
     jobs_cancel.add_argument("job_id")
     jobs_cancel.set_defaults(func=_jobs_cancel)
@@ -364,7 +437,15 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     models_list.add_argument("--status")
     models_list.add_argument("--limit", type=int)
     models_list.add_argument("--after")
-    models_list.set_defaults(func=_list("/v1/models"))
+    models_list.add_argument("--skill")
+    models_list.add_argument("--alias", help="the version this alias points at")
+    models_list.add_argument("--tag")
+    models_list.set_defaults(func=_list("/v1/models", "status", "skill", "alias", "tag"))
+    models_edit = models_sub.add_parser("edit", help="set a version's description and tags (models:promote)")
+    models_edit.add_argument("version_id")
+    models_edit.add_argument("--description", help="'' clears it")
+    models_edit.add_argument("--tag", action="append", help="repeat for each tag; --tag '' clears them")
+    models_edit.set_defaults(func=_models_edit)
     show = models_sub.add_parser("show")
     show.add_argument("version_id")
     show.set_defaults(func=_get("/v1/models/{version_id}"))
@@ -387,7 +468,41 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     rollback.add_argument("--expected-version")
     rollback.add_argument("--reason")
     rollback.set_defaults(func=_rollback)
-    return {"models": models_sub, "jobs": jobs_sub, "files": files_sub, "tokens": tokens_sub}
+
+    webhooks = subparsers.add_parser("webhooks", help="webhook endpoints of your team")
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    webhooks_create = webhooks_sub.add_parser("create", help="subscribe a URL; prints its secret once")
+    webhooks_create.add_argument("url")
+    webhooks_create.add_argument(
+        "--event",
+        action="append",
+        required=True,
+        choices=["job.status_changed", "version.registered", "alias.moved"],
+    )
+    webhooks_create.add_argument("--description")
+    webhooks_create.set_defaults(func=_webhooks_create)
+    webhooks_list = webhooks_sub.add_parser("list")
+    webhooks_list.add_argument("--limit", type=int)
+    webhooks_list.add_argument("--after")
+    webhooks_list.set_defaults(func=_list("/v1/webhooks"))
+    webhooks_show = webhooks_sub.add_parser("show")
+    webhooks_show.add_argument("webhook_id")
+    webhooks_show.set_defaults(func=_get("/v1/webhooks/{webhook_id}"))
+    webhooks_delete = webhooks_sub.add_parser("delete")
+    webhooks_delete.add_argument("webhook_id")
+    webhooks_delete.set_defaults(func=_delete("/v1/webhooks/{webhook_id}"))
+    deliveries = webhooks_sub.add_parser("deliveries", help="the delivery log, newest first")
+    deliveries.add_argument("webhook_id")
+    deliveries.add_argument("--limit", type=int)
+    deliveries.add_argument("--after")
+    deliveries.set_defaults(func=_list("/v1/webhooks/{webhook_id}/deliveries"))
+    return {
+        "models": models_sub,
+        "jobs": jobs_sub,
+        "files": files_sub,
+        "tokens": tokens_sub,
+        "webhooks": webhooks_sub,
+    }
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,6 +44,19 @@ class AppError(Exception):
     def body(self) -> dict[str, Any]:
         error = {"type": self.type, "code": self.code, "message": self.message, "param": self.param}
         return {"error": {**error, **self.details}}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable whatever a subclass's __init__ takes: an error a Celery task raises crosses from the
+        # pool process to the worker's main process pickled, and one that cannot be rebuilt there
+        # (keyword-only `code`) stops the whole worker.
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(cls: type[AppError], args: tuple[Any, ...], state: dict[str, Any]) -> AppError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class BadRequest(AppError):
@@ -198,4 +212,39 @@ ERROR_SCHEMA: dict[str, Any] = {
         }
     },
     "required": ["error"],
+}
+
+
+class ErrorDetail(BaseModel):
+    """`param` names the offending field (`stages[0].training_file`) or header; some errors add
+    details (a file's pre-flight `report`, a suite's `problems`, readiness `checks`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    code: str
+    message: str
+    param: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+# `responses=` for routers: each error status documented once, as a reference to ErrorResponse.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "malformed request",
+        401: "missing or invalid token",
+        403: "token lacks the scope",
+        404: "unknown resource",
+        409: "conflict (idempotency, compare-and-set, state, in use)",
+        413: "upload too large",
+        422: "invalid input",
+        500: "internal error (logged; never a stack trace)",
+        503: "busy or a dependency is down (Retry-After when busy)",
+    }.items()
 }

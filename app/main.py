@@ -11,11 +11,12 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import APIRoute
 
 from app.auth.router import router as tokens_router
 from app.capacity import RequestSlots, request_slots, request_threads
 from app.db import make_engine, make_sessionmaker, read_only_sessions
-from app.errors import ERROR_SCHEMA, install_error_handlers
+from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.files.router import router as files_router
 from app.health import router as health_router
 from app.inputs import BodySizeLimit, reject_nul_in_url
@@ -28,20 +29,23 @@ from app.settings import Settings, get_settings
 from app.storage import make_store
 from app.suites.router import router as suites_router
 from app.ui.router import mount_ui
+from app.webhooks.router import router as webhooks_router
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for status, description in {
-        400: "malformed request",
-        401: "missing or invalid token",
-        403: "token lacks the scope",
-        404: "unknown resource",
-        409: "conflict (idempotency, compare-and-set, state)",
-        413: "upload too large",
-        422: "invalid input",
-        503: "busy or a dependency is down (Retry-After when busy)",
-    }.items()
+# Health, readiness and metrics answer 503 when the API is saturated (and /readyz when not ready), in the
+# JSON error shape even where the success is plain text (so no `model`: it would take the route's type).
+PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": ERROR_RESPONSES[status]["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for status in (500, 503)
 }
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId is its handler's name (`list_jobs`, `create_job`): stable, unique
+    (tests/app/api/test_api_openapi.py checks), and what generated clients name their methods."""
+    return route.name
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Add skills to a model with SDFT stages; a gated registry keeps earlier skills intact.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -90,9 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         aliases_router,
         forgetting_router,
         tokens_router,
+        webhooks_router,
     ):
         v1.include_router(router)
     app.include_router(v1)
-    app.include_router(health_router)
+    app.include_router(health_router, responses=PROBE_RESPONSES)
     mount_ui(app)  # the dashboard under /ui (app.ui)
     return app

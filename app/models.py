@@ -6,6 +6,7 @@ from app.jobs.models import Job, JobEvent, JobTransition
 from app.leases.models import Lease
 from app.registry.models import Alias, AliasHistory, ModelVersion, Score
 from app.suites.models import Suite
+from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "Alias",
@@ -19,4 +20,7 @@ __all__ = [
     "Score",
     "Suite",
     "UploadedFile",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

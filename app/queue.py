@@ -32,9 +32,14 @@ class TaskName(StrEnum):
     # The wire names stay as first published: renaming a task breaks messages already in flight.
     VALIDATE_JOB = "sdft.jobs.run"  # sent by the API for a new job; validates it and queues training
     TRAIN_JOB = "sdft.jobs.train"  # sent once a job is queued: trains, evaluates, gates, promotes
+    DELIVER_WEBHOOK = "sdft.webhooks.deliver"  # takes a webhook delivery id: one POST, then its retry
 
 
-TASK_QUEUES: dict[TaskName, str] = {TaskName.VALIDATE_JOB: "default", TaskName.TRAIN_JOB: "gpu"}
+TASK_QUEUES: dict[TaskName, str] = {
+    TaskName.VALIDATE_JOB: "default",
+    TaskName.TRAIN_JOB: "gpu",
+    TaskName.DELIVER_WEBHOOK: "default",
+}
 
 
 class TaskNotSent(ServiceUnavailable):
@@ -44,7 +49,11 @@ class TaskNotSent(ServiceUnavailable):
 @dataclass(frozen=True)
 class PendingTask:
     name: TaskName
-    job_id: str
+    job_id: str  # the one argument: a job id, or a webhook delivery id
+    countdown: float | None = None
+    # A task another mechanism re-sends when lost (webhook deliveries: the reaper's sweep): a broker
+    # outage is logged, not reported to the caller as an unsent task.
+    required: bool = True
 
 
 class TaskProducer:
@@ -63,9 +72,14 @@ class TaskProducer:
             broker_transport_options={"max_retries": 1},
         )
 
-    def send(self, name: TaskName, job_id: str) -> None:
+    def send(self, name: TaskName, job_id: str, *, countdown: float | None = None) -> None:
         self.celery.send_task(
-            str(name), args=[job_id], queue=TASK_QUEUES[name], retry=True, retry_policy={"max_retries": 1}
+            str(name),
+            args=[job_id],
+            queue=TASK_QUEUES[name],
+            countdown=countdown,
+            retry=True,
+            retry_policy={"max_retries": 1},
         )
 
     def queue_depths(self) -> dict[str, int]:
@@ -86,11 +100,23 @@ class TaskProducer:
             connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
 
 
-def enqueue_after_commit(session: Session, task_name: TaskName, job_id: str) -> None:
-    """Send `task_name(job_id)` once `session` commits; forget it if the session rolls back."""
+def enqueue_after_commit(
+    session: Session,
+    task_name: TaskName,
+    job_id: str,
+    *,
+    countdown: float | None = None,
+    required: bool = True,
+) -> None:
+    """Send `task_name(job_id)` once `session` commits (`countdown` seconds later, if given); forget it
+    if the session rolls back. With `required=False` the task is one a periodic sweep re-sends when
+    lost: a session without a producer skips it, and a broker outage is only logged."""
     if not isinstance(session.info.get(PRODUCER_INFO_KEY), TaskProducer):
+        if not required:
+            return
         raise RuntimeError("this session has no task producer (see app.db.make_sessionmaker)")
-    session.info.setdefault(PENDING_INFO_KEY, []).append(PendingTask(task_name, job_id))
+    task = PendingTask(task_name, job_id, countdown, required)
+    session.info.setdefault(PENDING_INFO_KEY, []).append(task)
 
 
 @event.listens_for(Session, "after_commit")
@@ -102,8 +128,11 @@ def _send_pending(session: Session) -> None:
     unsent = []
     for task in pending:
         try:
-            producer.send(task.name, task.job_id)
+            producer.send(task.name, task.job_id, countdown=task.countdown)
         except Exception as exc:
+            if not task.required:
+                log.warning("could not send %s(%s) (re-sent by the sweep): %s", task.name, task.job_id, exc)
+                continue
             log.error("could not send %s(%s): %s", task.name, task.job_id, exc)
             unsent.append(task.job_id)
     if unsent:

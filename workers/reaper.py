@@ -8,6 +8,8 @@ the stage from its last checkpoint. A queued job whose message was lost (a broke
 again the same way. Every worker runs a reaper, but a job is re-sent once per lease lifetime, by the
 reaper that takes its short `reap:` lease first; a duplicate message is harmless anyway (a job is run
 only by the holder of its lease), and a job re-delivered too often is failed by the task.
+
+Each round also re-sends webhook deliveries whose task was lost (workers/webhooks.py).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Reaper(threading.Thread):
     def run(self) -> None:
         from app.db import session_scope
         from workers.jobs.context import worker_id
+        from workers.webhooks import resend_lost_deliveries
 
         while not self.stopped.wait(self.interval):
             try:
@@ -74,5 +77,7 @@ class Reaper(threading.Thread):
                     reap_once(
                         session, self.producer, stale_after_seconds=self.stale_after, reaper_id=worker_id()
                     )
+                with session_scope(self.sessions) as session:  # type: ignore[arg-type]
+                    resend_lost_deliveries(session, self.producer, grace_seconds=self.stale_after)
             except Exception as exc:  # the database or broker is down: try again next round
                 log.warning("reaper round failed: %s", exc)

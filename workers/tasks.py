@@ -3,6 +3,8 @@
 - `sdft.jobs.run` (queue `default`, TaskName.VALIDATE_JOB): re-validates a new job's inputs, moves it
   validating -> queued and sends the training task after that commit (workers/jobs/validate.py).
 - `sdft.jobs.train` (queue `gpu`, one worker process per GPU): the job's phases (workers/jobs/run.py).
+- `sdft.webhooks.deliver` (queue `default`, TaskName.DELIVER_WEBHOOK): one attempt at one webhook
+  delivery; its retries are the task sent again with a countdown (workers/webhooks.py).
 
 Retries are narrow: only broker and database hiccups, with backoff, a bounded number of times; bad
 data, bad configs and out-of-memory fail the job at once with a reason.
@@ -18,6 +20,7 @@ from celery import Task, signals
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.queue import TaskName, TaskProducer, producer_info
@@ -39,6 +42,16 @@ def _engine() -> Engine:
     return make_engine(get_settings().database_url)
 
 
+@lru_cache(maxsize=1)
+def _producer() -> TaskProducer:
+    return TaskProducer(get_settings().broker_url)
+
+
+def _sessions() -> sessionmaker[Session]:
+    """Sessions that send tasks after their commit (a job's status move sends its webhook deliveries)."""
+    return make_sessionmaker(_engine(), info=producer_info(_producer()))
+
+
 class JobTask(Task):
     """After the last retry of a transient error, or on an unexpected error, the job fails with a reason
     (its type, never its text: exception messages can carry SQL and parameters) instead of staying
@@ -51,7 +64,7 @@ class JobTask(Task):
         log.error("task %s for %s failed: %r", self.name, job_id, exc)
         code = "infrastructure_error" if isinstance(exc, TRANSIENT) else "internal_error"
         failure = JobFailed(code, f"the worker hit an unexpected {type(exc).__name__}; see the worker log")
-        with session_scope(make_sessionmaker(_engine())) as session:
+        with session_scope(_sessions()) as session:
             fail_job(session, job_id, failure)
 
 
@@ -67,8 +80,7 @@ def validate_job_task(job_id: str) -> str:
     from workers.jobs.validate import validate_job
 
     settings = get_settings()
-    sessions = make_sessionmaker(_engine(), info=producer_info(TaskProducer(settings.broker_url)))
-    with session_scope(sessions) as session:
+    with session_scope(_sessions()) as session:
         return validate_job(session, make_store(settings.storage_path), job_id)
 
 
@@ -90,7 +102,7 @@ def train_job_task(self: Task, job_id: str) -> str:
     settings = get_settings()
     ctx = WorkerContext(
         settings=settings,
-        sessions=make_sessionmaker(_engine()),
+        sessions=_sessions(),
         worker_id=worker_id(),
         lease_ttl_seconds=settings.lease_ttl_seconds,
         backend_factory=make_backend_factory(settings.rollout),
@@ -102,6 +114,19 @@ def train_job_task(self: Task, job_id: str) -> str:
     except LineageBusy as busy:
         # Not an error: one writer per lineage. Check again later, without counting a retry.
         raise self.retry(countdown=settings.lineage_wait_seconds, max_retries=None, exc=busy) from None
+
+
+@app.task(
+    name=str(TaskName.DELIVER_WEBHOOK),
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=MAX_RETRIES,
+)
+def deliver_webhook_task(delivery_id: str) -> str:
+    from workers.webhooks import RetryPolicy, deliver
+
+    return deliver(_sessions(), delivery_id, RetryPolicy.from_settings(get_settings()))
 
 
 @signals.worker_process_init.connect

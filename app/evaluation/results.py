@@ -87,6 +87,13 @@ class ItemRecord:
         )
 
 
+def check_format(data: Any, expected: str) -> None:
+    """Raise ValueError unless `data` is a mapping that says it is an `expected` document."""
+    if not isinstance(data, Mapping) or data.get("format") != expected:
+        found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(f"not a {expected} document (format={found!r})")
+
+
 def ci_seed(suite_sha256: str) -> int:
     """The bootstrap seed of a suite's interval: fixed by the suite's content alone."""
     return derive_seed(0, suite_sha256)
@@ -229,9 +236,7 @@ class SuiteResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SuiteResult:
         """Inverse of to_dict; raises ValueError on another format or inconsistent content."""
-        if not isinstance(data, Mapping) or data.get("format") != RESULT_FORMAT:
-            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"not a {RESULT_FORMAT} document (format={found!r})")
+        check_format(data, RESULT_FORMAT)
         try:
             return cls(
                 suite_name=str(data["suite_name"]),

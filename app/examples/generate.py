@@ -670,6 +670,39 @@ GENERAL_DEMO_IDS: tuple[str, ...] = (
 )
 
 
+# The general questions as a choice suite: each answer among three others of the same kind, scored by
+# the model's likelihood of each option rather than by a greedy answer. At 135M a greedy answer flips
+# with any change to the weights (docs/experiments/README.md); which option is likeliest moves far less,
+# so this suite measures what the model still knows with much less noise.
+GENERAL_CHOICE_GROUPS: tuple[tuple[str, int, int], ...] = (
+    ("capitals", 0, 16),
+    ("colours", 16, 21),
+    ("opposites", 21, 29),
+    ("sounds", 29, 35),
+    ("calendar", 35, 43),
+    ("science and everyday", 43, len(GENERAL_CONTAINS)),
+)
+GENERAL_CHOICE_SEED = 20261130
+GENERAL_CHOICE_OPTIONS = 4
+
+
+def general_choice_rows() -> list[Row]:
+    rng = random.Random(GENERAL_CHOICE_SEED)
+    rows: list[Row] = []
+    for _group, start, end in GENERAL_CHOICE_GROUPS:
+        members = GENERAL_CONTAINS[start:end]
+        for question, references in members:
+            others = [refs[0] for q, refs in members if q != question and refs[0] not in references]
+            options = [references[0], *rng.sample(others, GENERAL_CHOICE_OPTIONS - 1)]
+            rng.shuffle(options)
+            rows.append({"prompt": question, "options": options, "reference": references[0]})
+    for question, answer, _word in GENERAL_ARITHMETIC:
+        options = [str(answer + delta) for delta in (0, -1, 1, 2)]
+        rng.shuffle(options)
+        rows.append({"prompt": question, "options": options, "reference": str(answer)})
+    return [{"id": f"general-choice-{i:03d}", **row} for i, row in enumerate(rows, start=1)]
+
+
 def general_rows() -> dict[str, list[Row]]:
     facts: list[Row] = [{"prompt": q, "reference": list(refs)} for q, refs in GENERAL_CONTAINS]
     arithmetic: list[Row] = [{"prompt": q, "reference": [str(n), word]} for q, n, word in GENERAL_ARITHMETIC]
@@ -689,6 +722,7 @@ def general_rows() -> dict[str, list[Row]]:
         "general.jsonl": rows,
         "general_demo.jsonl": [by_id[row_id] for row_id in GENERAL_DEMO_IDS],
         "general_val.jsonl": validation,
+        "general_choice.jsonl": general_choice_rows(),
     }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import StreamingResponse
 
 from app.auth.dependencies import CurrentPrincipal, JobsWriter
 from app.db import ReadSessionDep, SessionDep
@@ -10,9 +11,10 @@ from app.deps import SettingsDep, StoreDep
 from app.errors import PayloadTooLarge, Unprocessable
 from app.evaluation.graders import KNOWN_GRADERS
 from app.files import service
-from app.files.schemas import FileRead
+from app.files.schemas import FileDeleted, FileRead
 from app.files.service import FilePurpose
 from app.inputs import check_text
+from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -57,3 +59,45 @@ def upload_file(
 @router.get("/{file_id}", response_model=FileRead)
 def get_file(file_id: str, session: SessionDep, principal: CurrentPrincipal) -> FileRead:
     return FileRead.of(service.get_file(session, file_id, viewer=principal))
+
+
+@router.get("", response_model=ListResponse[FileRead])
+def list_files(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    purpose: FilePurpose | None = None,
+    after: AfterQuery = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+) -> ListResponse[FileRead]:
+    """The team's files, newest first, optionally of one purpose."""
+    rows, has_more = service.list_files(session, viewer=principal, purpose=purpose, after=after, limit=limit)
+    return list_response(rows, has_more, FileRead.of)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}, "description": "the bytes"}
+    },
+)
+def get_file_content(
+    file_id: str, session: SessionDep, store: StoreDep, principal: CurrentPrincipal
+) -> StreamingResponse:
+    """The stored bytes, exactly as uploaded."""
+    row = service.get_file(session, file_id, viewer=principal)
+    return StreamingResponse(
+        service.iter_content(store, row),
+        media_type="application/jsonl",
+        headers={
+            "Content-Length": str(row.bytes),
+            "Content-Disposition": f'attachment; filename="{row.id}.jsonl"',
+        },
+    )
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, session: SessionDep, principal: JobsWriter) -> FileDeleted:
+    """Delete a file no suite and no job uses (409 `file_in_use` otherwise, whatever the job's status:
+    later stages of a lineage replay earlier training files)."""
+    return FileDeleted(id=service.delete_file(session, file_id, viewer=principal))

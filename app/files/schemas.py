@@ -15,3 +15,9 @@ class FileRead(ReadModel):
     status: str
     created_at: int
     preflight: dict[str, Any]
+
+
+class FileDeleted(ReadModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: Literal[True] = True

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote
 
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
-from app.auth.service import Principal, can_see
+from app.auth.service import Principal, can_see, team_filter
 from app.db import new_id, now
-from app.errors import BadRequest, NotFound, Unprocessable
+from app.errors import BadRequest, Conflict, NotFound, Unprocessable
 from app.files.models import UploadedFile
 from app.files.preflight import (
     LengthCounter,
@@ -19,9 +21,12 @@ from app.files.preflight import (
     preflight_demonstrations,
     preflight_suite,
 )
+from app.jobs.models import Job
+from app.pagination import paginate
 from app.registry import service as registry
 from app.registry.models import Alias
 from app.storage import Store
+from app.suites.models import Suite
 
 DEFAULT_TOKENIZER_ALIAS = "production"
 MAX_FILENAME_CHARS = 255
@@ -226,3 +231,63 @@ def require_ready_file(
 def read_text(store: Store, row: UploadedFile) -> str:
     with store.open(row.storage_uri) as f:
         return f.read().decode("utf-8")
+
+
+CONTENT_CHUNK_BYTES = 1024 * 1024
+
+
+def list_files(
+    session: Session, *, viewer: Principal, purpose: FilePurpose | None, after: str | None, limit: int
+) -> tuple[Sequence[UploadedFile], bool]:
+    """A page of the files `viewer` may see, newest first, optionally of one purpose."""
+    stmt = select(UploadedFile).where(*team_filter(viewer, UploadedFile.team))
+    if purpose is not None:
+        stmt = stmt.where(UploadedFile.purpose == str(purpose))
+    return paginate(session, stmt, UploadedFile.id, after=after, limit=limit)
+
+
+def iter_content(store: Store, row: UploadedFile) -> Iterator[bytes]:
+    """The stored bytes, in chunks (uploads go up to the upload limit)."""
+    with store.open(row.storage_uri) as f:
+        while chunk := f.read(CONTENT_CHUNK_BYTES):
+            yield chunk
+
+
+def jobs_referencing(session: Session, object_id: str) -> Sequence[Job]:
+    """Jobs whose request names `object_id` anywhere (a file or suite id): a text search narrows the
+    rows, the caller checks where exactly. Any status counts: an ended job's files and suites stay in
+    its lineage (later stages replay earlier training files and re-run earlier suites)."""
+    text = cast(Job.request, Text)
+    return session.scalars(
+        select(Job).where(text.contains(object_id, autoescape=True)).order_by(Job.id)
+    ).all()
+
+
+def in_use_error(what: str, kind: str, users: Sequence[tuple[str, str, str]], viewer: Principal) -> Conflict:
+    """409 `{kind}_in_use` naming the first user, (kind, id, team), if `viewer` may see it."""
+    user_kind, user_id, team = users[0]
+    named = f"{user_kind} {user_id}" if can_see(viewer, team) else f"another team's {user_kind}"
+    more = f" and {len(users) - 1} more" if len(users) > 1 else ""
+    return Conflict(
+        f"{what} is used by {named}{more}: what a job or a suite refers to is kept",
+        code=f"{kind}_in_use",
+        param="id",
+    )
+
+
+def delete_file(session: Session, file_id: str, *, viewer: Principal) -> str:
+    """Delete a file nobody uses: 409 `file_in_use` while any suite is bound to it or any job (whatever
+    its status) trains on it. The stored bytes go with the next `sdft gc` (blobs are shared by content)."""
+    row = get_file(session, file_id, viewer=viewer)
+    suites = session.scalars(select(Suite).where(Suite.file_id == row.id).order_by(Suite.id)).all()
+    users = [("suite", suite.id, suite.team) for suite in suites]
+    users += [
+        ("job", job.id, job.team)
+        for job in jobs_referencing(session, row.id)
+        if any(stage.get("training_file") == row.id for stage in job.request.get("stages", []))
+    ]
+    if users:
+        raise in_use_error(f"file {file_id}", "file", users, viewer)
+    session.delete(row)
+    session.flush()
+    return file_id

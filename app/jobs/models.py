@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc
@@ -26,6 +26,10 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     candidate_version_ids: Mapped[list[str]] = mapped_column(JSONDoc)
+    # The caller's string -> string labels (`metadata` in the API; `metadata` is taken on the class).
+    meta: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONDoc, default=dict, server_default=text("'{}'")
+    )
     # Training-task deliveries so far: a task that keeps killing its worker is failed, not re-sent forever.
     deliveries: Mapped[int] = mapped_column(default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Iterator
+from enum import StrEnum
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -13,10 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from app.auth.dependencies import CurrentPrincipal, JobsWriter
 from app.db import SessionDep
 from app.deps import SettingsDep
+from app.errors import Unprocessable
 from app.inputs import check_text
 from app.jobs import service
 from app.jobs.models import JobEvent
-from app.jobs.schemas import EventRead, JobCreate, JobRead
+from app.jobs.schemas import METADATA_VALUE_CHARS, EventRead, JobCreate, JobRead, check_metadata_key
 from app.jobs.states import JobStatus, is_terminal
 from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
 
@@ -44,8 +48,44 @@ def create_job(
     return JobRead.of(job)
 
 
-@router.get("", response_model=ListResponse[JobRead])
+METADATA_FILTER_PARAMETER = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "description": "jobs whose metadata has key = value: `?metadata[ticket]=ML-1234` (repeat for more keys)",
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+def metadata_filter(request: Request) -> dict[str, str]:
+    """`metadata[key]=value` query parameters as {key: value}, each key checked like on create."""
+    wanted: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if not (name.startswith("metadata[") and name.endswith("]")):
+            continue
+        param = name
+        key = check_metadata_key(name[len("metadata[") : -1], param=param)
+        if len(value) > METADATA_VALUE_CHARS:
+            raise Unprocessable(
+                f"{name} is longer than {METADATA_VALUE_CHARS} characters",
+                code="invalid_metadata",
+                param=param,
+            )
+        if wanted.get(key, value) != value:
+            raise Unprocessable(
+                f"{name} is given twice with different values", code="invalid_metadata", param=param
+            )
+        wanted[key] = value
+    return wanted
+
+
+@router.get(
+    "", response_model=ListResponse[JobRead], openapi_extra={"parameters": [METADATA_FILTER_PARAMETER]}
+)
 def list_jobs(
+    request: Request,
     session: SessionDep,
     principal: CurrentPrincipal,
     status: JobStatus | None = None,
@@ -53,8 +93,15 @@ def list_jobs(
     after: AfterQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListResponse[JobRead]:
+    """The team's jobs, newest first; filter by status, base version and `metadata[key]=value`."""
     rows, has_more = service.list_jobs(
-        session, viewer=principal, status=status, base=base, after=after, limit=limit
+        session,
+        viewer=principal,
+        status=status,
+        base=base,
+        after=after,
+        limit=limit,
+        metadata=metadata_filter(request),
     )
     return list_response(rows, has_more, JobRead.of)
 
@@ -62,6 +109,96 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: str, session: SessionDep, principal: CurrentPrincipal) -> JobRead:
     return JobRead.of(service.get_job(session, job_id, viewer=principal))
+
+
+class MetricsFormat(StrEnum):
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+# The CSV's columns, in this order, whatever the job logged (a missing value is empty, loss_parts is a
+# JSON object); JSONL rows carry every key as logged.
+METRICS_CSV_COLUMNS = (
+    "stage",
+    "skill",
+    "step",
+    "total_steps",
+    "method",
+    "loss",
+    "loss_parts",
+    "loss_top5_share",
+    "learning_rate",
+    "grad_norm",
+    "rollout_tokens_mean",
+    "rollout_stop_fraction",
+    "rollout_leak_fraction",
+    "importance_weight_mean",
+    "rollout_engine",
+    "seconds",
+    "rollout_seconds",
+    "probe_divergence",
+    "probe_nll",
+    "probe_score",
+    "probe_baseline",
+    "learning_stalled",
+)
+METRICS_MEDIA_TYPES = {MetricsFormat.JSONL: "application/jsonl", MetricsFormat.CSV: "text/csv; charset=utf-8"}
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _metrics_csv(rows: list[dict[str, Any]]) -> Iterator[str]:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRICS_CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(column)) for column in METRICS_CSV_COLUMNS])
+    yield out.getvalue()
+
+
+def _metrics_jsonl(rows: list[dict[str, Any]]) -> Iterator[str]:
+    for row in rows:
+        yield json.dumps(row, separators=(",", ":")) + "\n"
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "one row per training step, in step order (the job's results file)",
+            "content": {
+                "application/jsonl": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+def get_job_metrics(
+    job_id: str,
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    format: MetricsFormat = MetricsFormat.JSONL,
+) -> StreamingResponse:
+    """Every training step's metrics (stage by stage, step by step): JSONL rows as logged, or CSV with
+    a fixed column set (`stage, skill, step, total_steps, method, loss, ...`)."""
+    service.get_job(session, job_id, viewer=principal)
+    rows = service.metrics_rows(session, job_id)
+    body = _metrics_csv(rows) if format == MetricsFormat.CSV else _metrics_jsonl(rows)
+    filename = f"{job_id}-metrics.{format}"
+    return StreamingResponse(
+        body,
+        media_type=METRICS_MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
@@ -73,7 +210,10 @@ def cancel_job(job_id: str, session: SessionDep, principal: JobsWriter) -> JobRe
     "/{job_id}/events",
     response_model=ListResponse[EventRead],
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "a page, or a stream with ?stream=true"}
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "a page, or a stream with ?stream=true",
+        }
     },
 )
 def list_events(

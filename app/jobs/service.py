@@ -32,6 +32,8 @@ from app.registry import service as registry
 from app.registry.models import Alias
 from app.suites import service as suites
 from app.training.stage_config import ConfigError, parse_stage_config, resolve
+from app.webhooks import service as webhooks
+from app.webhooks.schemas import EventType
 
 # Columns a worker may set along with a status move (status and timestamps are managed here).
 JOB_FIELDS = frozenset({"current_stage", "step", "total_steps", "metrics", "error", "candidate_version_ids"})
@@ -49,7 +51,10 @@ class EventLevel(StrEnum):
 
 def request_sha256(body: JobCreate) -> str:
     """Hash of the parsed body, so key order and whitespace do not make a retry look different."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    dump = body.model_dump(mode="json")
+    if not dump["metadata"]:  # so a request from before metadata existed hashes as it did
+        del dump["metadata"]
+    canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -181,6 +186,7 @@ def create_job(
         request=request,
         current_stage=0,
         candidate_version_ids=[],
+        meta=dict(body.metadata),
         deliveries=0,
         idempotency_key=idempotency_key,
         request_sha256=body_sha256,
@@ -229,13 +235,16 @@ def list_jobs(
     base: str | None,
     after: str | None,
     limit: int,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[Sequence[Job], bool]:
-    """A page of the jobs `viewer` may see, newest first."""
+    """A page of the jobs `viewer` may see, newest first; `metadata`: jobs with every key = value."""
     filters: list[ColumnElement[bool]] = team_filter(viewer, Job.team)
     if status is not None:
         filters.append(Job.status == str(status))
     if base is not None:
         filters.append(Job.base_version_id == base)
+    for key, value in (metadata or {}).items():
+        filters.append(Job.meta[key].as_string() == value)
     return paginate(session, select(Job).where(*filters), Job.id, after=after, limit=limit)
 
 
@@ -269,16 +278,18 @@ def advance(
 
     Returns False when another process moved it first (the caller re-reads and decides). Raises
     InvalidTransition (409) for a move the table forbids, ValueError for a field outside JOB_FIELDS.
-    Also sets started_at / finished_at, logs the move in job_transition and as a `status` event.
+    Also sets started_at / finished_at, logs the move in job_transition and as a `status` event, and
+    records a `job.status_changed` webhook event for the team's subscribers (sent after the commit).
     """
     from_status, to_status = JobStatus(from_status), JobStatus(to_status)
     check_transition(from_status, to_status)
     unknown = set(fields) - JOB_FIELDS
     if unknown:
         raise ValueError(f"advance() cannot set {sorted(unknown)}; allowed: {sorted(JOB_FIELDS)}")
-    changed_at = session.scalar(select(Job.status_changed_at).where(Job.id == job_id))
-    if changed_at is None:
+    found = session.execute(select(Job.status_changed_at, Job.team).where(Job.id == job_id)).first()
+    if found is None:
         raise NotFound(f"no job {job_id!r}", code="job_not_found", param="id")
+    changed_at, team = found
     timestamp = now()
     values: dict[str, Any] = {
         **fields,
@@ -314,6 +325,13 @@ def advance(
         data["error"] = fields["error"]
     append_event(
         session, job_id=job_id, level=level, type="status", message=f"{from_status} -> {to_status}", data=data
+    )
+    webhooks.record_event(
+        session,
+        type=EventType.JOB_STATUS_CHANGED,
+        data={"job_id": job_id, **data},
+        team=team,
+        job_id=job_id,
     )
     return True
 
@@ -394,3 +412,19 @@ def events_after(session: Session, job_id: str, after_seq: int, limit: int) -> S
         .order_by(JobEvent.seq)
         .limit(limit)
     ).all()
+
+
+def metrics_rows(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """One row per training step (the `metrics` events' data) in step order: by stage, then step. A
+    step logged twice (a task resumed from a checkpoint redid it) keeps its last values."""
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    datas = session.scalars(
+        select(JobEvent.data)
+        .where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+        .order_by(JobEvent.seq)
+    )
+    for data in datas:
+        if isinstance(data, dict) and isinstance(data.get("step"), int):
+            stage = data.get("stage")
+            rows[(stage if isinstance(stage, int) else 0, data["step"])] = data
+    return [rows[key] for key in sorted(rows)]

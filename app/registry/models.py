@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc
@@ -31,6 +31,8 @@ class ModelVersion(Base):
     # How a trained version was made: the method that ran (and, for `auto`, why), the resolved
     # configuration and the learning diagnostics' summary. None for registered base models.
     training: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    # Short labels anyone with models:promote may set (PATCH /v1/models/{id}); `?tag=` filters on them.
+    tags: Mapped[list[str]] = mapped_column(JSONDoc, default=list, server_default=text("'[]'"))
     created_at: Mapped[int]
 
 

@@ -8,22 +8,26 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
-from app.auth.dependencies import Admin, CurrentPrincipal
+from app.auth.dependencies import Admin, CurrentPrincipal, Promoter
 from app.auth.service import Principal
 from app.db import SessionDep
 from app.errors import Unprocessable
+from app.jobs.schemas import SKILL_PATTERN
 from app.pagination import DEFAULT_LIMIT, AfterQuery, LimitQuery, ListResponse, list_response
 from app.registry import service
+from app.registry.aliases.service import ALIAS_NAME_PATTERN
 from app.registry.models import ModelVersion
 from app.registry.schemas import (
+    TAG_PATTERN,
     ModelRegister,
+    ModelUpdate,
     ModelVersionDetail,
     ModelVersionRead,
     ScoreRead,
     score_read,
     version_read,
 )
-from app.registry.service import VersionStatus
+from app.registry.service import UNCHANGED, VersionStatus
 from app.storage import file_uri_to_path
 
 router = APIRouter(tags=["models"])
@@ -45,7 +49,12 @@ def _model_path(raw: str) -> Path:
     return Path(raw)
 
 
-@router.post("/models", status_code=201, response_model=ModelVersionDetail)
+@router.post(
+    "/models",
+    status_code=201,
+    response_model=ModelVersionDetail,
+    responses={200: {"model": ModelVersionDetail, "description": "the directory was already registered"}},
+)
 def register_model(
     body: ModelRegister, session: SessionDep, admin: Admin, response: Response
 ) -> ModelVersionDetail:
@@ -65,16 +74,40 @@ def list_models(
     principal: CurrentPrincipal,
     status: VersionStatus | None = None,
     base: Annotated[str | None, Query(max_length=100, description="lineage root id")] = None,
+    skill: Annotated[
+        str | None, Query(pattern=SKILL_PATTERN, description="the skill a stage trained")
+    ] = None,
+    alias: Annotated[
+        str | None, Query(pattern=ALIAS_NAME_PATTERN, description="the version this alias points at")
+    ] = None,
+    tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="versions with this tag")] = None,
     after: AfterQuery = None,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListResponse[ModelVersionRead]:
-    rows, has_more = service.list_versions(session, status=status, base=base, after=after, limit=limit)
+    """Versions newest first; every filter given must hold."""
+    rows, has_more = service.list_versions(
+        session, status=status, base=base, skill=skill, alias=alias, tag=tag, after=after, limit=limit
+    )
     return list_response(rows, has_more, lambda v: version_read(v, principal))
 
 
 @router.get("/models/{version_id}", response_model=ModelVersionDetail)
 def get_model(version_id: str, session: SessionDep, principal: CurrentPrincipal) -> ModelVersionDetail:
     return _detail(session, service.get_version(session, version_id), principal)
+
+
+@router.patch("/models/{version_id}", response_model=ModelVersionDetail)
+def update_model(
+    version_id: str, body: ModelUpdate, session: SessionDep, principal: Promoter
+) -> ModelVersionDetail:
+    """Edit a version's description and tags (models:promote); fields left out stay as they are."""
+    version = service.update_version(
+        session,
+        version_id,
+        description=body.description if "description" in body.model_fields_set else UNCHANGED,
+        tags=body.tags,
+    )
+    return _detail(session, version, principal)
 
 
 @router.get("/models/{version_id}/lineage", response_model=ListResponse[ModelVersionRead])

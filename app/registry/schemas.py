@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from app.auth.service import Principal
 from app.inputs import RequestModel
@@ -14,6 +14,23 @@ class ModelRegister(RequestModel):
     path: str = Field(min_length=1, max_length=1024, description="absolute directory or file:// uri")
     name: str = Field(min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
+
+
+TAG_PATTERN = r"^[a-z0-9][a-z0-9._:-]{0,31}$"
+MAX_TAGS = 16
+Tag = Annotated[str, Field(pattern=TAG_PATTERN, description="1-32 of a-z 0-9 . _ : -")]
+
+
+class ModelUpdate(RequestModel):
+    """Fields left out are unchanged; `description: null` clears it, `tags` replaces the list."""
+
+    description: str | None = Field(default=None, max_length=2000)
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS, examples=[["reviewed", "q3"]])
+
+    @field_validator("tags")
+    @classmethod
+    def _unique(cls, tags: list[str] | None) -> list[str] | None:
+        return None if tags is None else list(dict.fromkeys(tags))
 
 
 class ModelVersionRead(ReadModel):
@@ -33,6 +50,7 @@ class ModelVersionRead(ReadModel):
     training: dict[str, Any] | None = Field(
         description="how a trained version was made: method (and why, for auto), configuration, diagnostics"
     )
+    tags: list[str]
     created_at: int
 
 

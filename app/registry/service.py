@@ -8,11 +8,12 @@ transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, literal, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,14 +21,26 @@ from app.auth.service import Principal, can_see
 from app.contracts.artifacts import model_dir_sha256
 from app.db import new_id, now
 from app.errors import Conflict, NotFound, Unprocessable
+from app.jobs.models import Job
 from app.pagination import paginate
 from app.registry.model_dir import model_dir_problems
 from app.registry.models import Alias, ModelVersion, Score
 from app.storage import file_uri_to_path
 from app.suites.models import Suite
+from app.webhooks import service as webhooks
+from app.webhooks.schemas import EventType
 
 ALIAS_REF_PREFIX = "alias:"
 MAX_LINEAGE_DEPTH = 10_000
+
+
+class Unchanged(Enum):
+    """A field a PATCH left out (None would clear it)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 
 class VersionStatus(StrEnum):
@@ -127,7 +140,8 @@ def register_version(
     training: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Record a trained version as a child of `parent_id`. Idempotent per (job_id, skill): a redelivered
-    worker task gets the version it registered the first time, unchanged."""
+    worker task gets the version it registered the first time, unchanged. A new version is a
+    `version.registered` webhook event for the job's team."""
     existing = session.scalar(
         select(ModelVersion).where(ModelVersion.job_id == job_id, ModelVersion.skill == skill)
     )
@@ -167,6 +181,24 @@ def register_version(
             if existing is not None:
                 return existing
             continue
+        team = session.scalar(select(Job.team).where(Job.id == job_id))
+        if team is None:  # (the foreign key makes this impossible; never announce to every team)
+            return version
+        webhooks.record_event(
+            session,
+            type=EventType.VERSION_REGISTERED,
+            data={
+                "version_id": version.id,
+                "job_id": job_id,
+                "skill": skill,
+                "parent_id": parent.id,
+                "base_id": parent.base_id,
+                "number": number,
+                "status": str(version.status),
+            },
+            team=team,
+            job_id=job_id,
+        )
         return version
     raise Conflict("could not allocate a version number; retry", code="version_number_race")
 
@@ -281,16 +313,56 @@ def version_label(version: ModelVersion) -> str:
     return version.name or f"v{version.number} {version.skill}"
 
 
+def _has_tag(session: Session, tag: str) -> ColumnElement[bool]:
+    """`tag` is in the version's tags: JSONB containment on PostgreSQL, json_each on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return type_coerce(ModelVersion.tags, JSONB).contains([tag])
+    values = func.json_each(ModelVersion.tags).table_valued("value")
+    return select(literal(1)).select_from(values).where(values.c.value == tag).exists()
+
+
 def list_versions(
-    session: Session, *, status: VersionStatus | None, base: str | None, after: str | None, limit: int
+    session: Session,
+    *,
+    status: VersionStatus | None,
+    base: str | None,
+    after: str | None,
+    limit: int,
+    skill: str | None = None,
+    alias: str | None = None,
+    tag: str | None = None,
 ) -> tuple[Sequence[ModelVersion], bool]:
-    """A page of versions, newest first, optionally of one status or one lineage (root id)."""
+    """A page of versions, newest first, filtered by status, lineage (root id), skill, the alias that
+    points at it, or a tag (every filter given must hold)."""
     stmt = select(ModelVersion)
     if status is not None:
         stmt = stmt.where(ModelVersion.status == str(status))
     if base is not None:
         stmt = stmt.where(ModelVersion.base_id == base)
+    if skill is not None:
+        stmt = stmt.where(ModelVersion.skill == skill)
+    if alias is not None:
+        stmt = stmt.where(ModelVersion.id.in_(select(Alias.model_version_id).where(Alias.name == alias)))
+    if tag is not None:
+        stmt = stmt.where(_has_tag(session, tag))
     return paginate(session, stmt, ModelVersion.id, after=after, limit=limit)
+
+
+def update_version(
+    session: Session,
+    version_id: str,
+    *,
+    description: str | Unchanged | None = UNCHANGED,
+    tags: list[str] | None = None,
+) -> ModelVersion:
+    """Set a version's description and/or tags (None: leave them); nothing else about it changes."""
+    version = get_version(session, version_id)
+    if not isinstance(description, Unchanged):
+        version.description = description
+    if tags is not None:
+        version.tags = list(tags)
+    session.flush()
+    return version
 
 
 def suites_readable_by(session: Session, viewer: Principal, scores: Sequence[Score]) -> set[str | None]:

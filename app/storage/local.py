@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,36 +34,14 @@ class LocalStore:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self._blob_path(sha256, suffix)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-                fsync_dir(target.parent)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            _write_blob(target, lambda tmp: tmp.write_bytes(data))
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=len(data))
 
     def put_file(self, path: Path, *, suffix: str = "") -> StoredObject:
         sha256 = file_sha256(path)
         target = self._blob_path(sha256, suffix)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            os.close(fd)
-            try:
-                shutil.copyfile(path, tmp)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-                fsync_dir(target.parent)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            _write_blob(target, lambda tmp: shutil.copyfile(path, tmp))
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=target.stat().st_size)
 
     def put_dir(self, path: Path) -> StoredObject:
@@ -103,3 +82,20 @@ class LocalStore:
             return self.local_path(uri).exists()
         except ValueError:
             return False
+
+
+def _write_blob(target: Path, write: Callable[[Path], object]) -> None:
+    """Write to a temporary name beside `target`, fsync, rename into place, fsync the directory."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

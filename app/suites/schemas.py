@@ -37,3 +37,9 @@ class SuiteRead(ReadModel):
     sha256: str = Field(validation_alias="suite_sha256")
     num_items: int
     created_at: int
+
+
+class SuiteDeleted(ReadModel):
+    id: str
+    object: Literal["suite"] = "suite"
+    deleted: Literal[True] = True

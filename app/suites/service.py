@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from app.evaluation.suites import DecodingConfig, EvalSuite, SuiteError, SuiteMe
 from app.files import service as files
 from app.files.service import FilePurpose
 from app.pagination import paginate
+from app.registry.models import Score
 from app.storage import Store
 from app.suites.models import Suite
 from app.suites.schemas import SuiteCreate
@@ -120,6 +121,29 @@ def list_suites(
 ) -> tuple[Sequence[Suite], bool]:
     stmt = select(Suite).where(*team_filter(viewer, Suite.team))
     return paginate(session, stmt, Suite.id, after=after, limit=limit)
+
+
+def delete_suite(session: Session, suite_id: str, *, viewer: Principal) -> str:
+    """Delete a suite nobody uses: 409 `suite_in_use` while a job (whatever its status) names it in a
+    stage's suites or its general_suites, or the registry holds scores on it. Its file stays."""
+    row = get_suite(session, suite_id, viewer=viewer)
+    users = [
+        ("job", job.id, job.team)
+        for job in files.jobs_referencing(session, row.id)
+        if row.id in job.request.get("general_suites", [])
+        or any(row.id in stage.get("suites", []) for stage in job.request.get("stages", []))
+    ]
+    if users:
+        raise files.in_use_error(f"suite {suite_id}", "suite", users, viewer)
+    if session.scalar(select(exists().where(Score.suite_id == row.id))):
+        raise Conflict(
+            f"suite {suite_id} has scores in the registry: what a version was measured on is kept",
+            code="suite_in_use",
+            param="id",
+        )
+    session.delete(row)
+    session.flush()
+    return suite_id
 
 
 def load_suite(session: Session, store: Store, suite_id: str) -> EvalSuite:

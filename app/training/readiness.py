@@ -34,6 +34,7 @@ from app.evaluation.graders import (
     tool_call_reference_from_golden,
 )
 from app.evaluation.leakage import LeakageReport, default_leakage_phrases, template_leakage
+from app.evaluation.results import check_format
 
 READINESS_FORMAT = "teacher-readiness/1"
 # Graders whose reference can be read off a demonstration.
@@ -341,9 +342,7 @@ class ReadinessReport:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReadinessReport:
         """Inverse of to_dict (derived fields rate_gain, nll_drop and student_sample_rate are recomputed)."""
-        if not isinstance(data, Mapping) or data.get("format") != READINESS_FORMAT:
-            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"not a {READINESS_FORMAT} document (format={found!r})")
+        check_format(data, READINESS_FORMAT)
         try:
             rows = tuple(
                 ProbeRow(**{**row, "teacher_leaked": tuple(row.get("teacher_leaked", ()))})
@@ -382,7 +381,7 @@ class MethodChoice:
     reason: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"method": self.method, "reason": self.reason}
+        return asdict(self)
 
 
 def choose_method(

@@ -27,7 +27,7 @@ from app.training.readiness import (
     pick_holdout,
     probe_reference,
 )
-from app.training.stage_config import StageConfig
+from app.training.stage_config import StageConfig, auto_max_new_tokens
 from workers.models.chat import decode_text, pad_token_id
 from workers.models.forward import continuation_logprobs
 from workers.models.loading import model_context_length, stop_token_ids
@@ -134,6 +134,11 @@ def teacher_readiness(
         ]
         pad = pad_token_id(tokenizer)
         backend = TransformersBackend(model, pad, placement, batch_size=batch_size)
+        # No longer than training would sample (room for the longest demonstration): answers come first,
+        # and 128 tokens of rambling per probe generation made the probe take minutes on a CPU.
+        max_new_tokens = min(
+            max_new_tokens, auto_max_new_tokens(max(len(e.demonstration_ids) for e in examples))
+        )
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=_stop_ids(model, tokenizer)
         )

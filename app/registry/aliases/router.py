@@ -34,7 +34,7 @@ def get_alias(name: AliasName, session: SessionDep, _principal: CurrentPrincipal
     return AliasRead.of(aliases.get_alias(session, name))
 
 
-@router.put("/{name}", response_model=AliasRead)
+@router.put("/{name}", response_model=AliasRead, name="promote_alias")
 def promote(name: AliasName, body: AliasMove, session: SessionDep, principal: Promoter) -> AliasRead:
     """Point the alias at a version. `expected_version` makes it a compare-and-set (409 when someone
     moved the alias first); a version that is not accepted needs `force: true` and a `reason`."""
@@ -50,7 +50,7 @@ def promote(name: AliasName, body: AliasMove, session: SessionDep, principal: Pr
     return AliasRead.of(aliases.get_alias(session, name))
 
 
-@router.post("/{name}/rollback", response_model=AliasRead)
+@router.post("/{name}/rollback", response_model=AliasRead, name="rollback_alias")
 def rollback(
     name: AliasName,
     session: SessionDep,
@@ -69,7 +69,7 @@ def rollback(
     return AliasRead.of(aliases.get_alias(session, name))
 
 
-@router.get("/{name}/history", response_model=ListResponse[AliasHistoryRead])
+@router.get("/{name}/history", response_model=ListResponse[AliasHistoryRead], name="list_alias_history")
 def history(
     name: AliasName,
     session: SessionDep,

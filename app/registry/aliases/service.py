@@ -16,6 +16,8 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.pagination import paginate
 from app.registry.models import Alias, AliasHistory
 from app.registry.service import VersionStatus, get_version
+from app.webhooks import service as webhooks
+from app.webhooks.schemas import EventType
 
 ALIAS_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ALIAS_NAME = re.compile(ALIAS_NAME_PATTERN)
@@ -106,6 +108,20 @@ def _record(
     session.add(entry)
     session.flush()
     session.expire_all()  # the alias row was changed by a bulk UPDATE
+    webhooks.record_event(  # every team's subscribers: the registry is shared
+        session,
+        type=EventType.ALIAS_MOVED,
+        data={
+            "alias": name,
+            "action": str(action),
+            "from_version_id": from_version,
+            "to_version_id": to_version,
+            "reason": reason,
+            "forced": forced,
+            "history_id": entry.id,
+        },
+        team=None,
+    )
     return entry
 
 

@@ -22,7 +22,15 @@ router = APIRouter(tags=["models"])
 
 @router.get(
     "/forgetting",
-    responses={200: {"content": {"application/json": {}, "image/png": {}}}},
+    responses={
+        200: {
+            "description": "the matrix as JSON, or its plot with ?format=png",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
 )
 def get_forgetting(
     session: SessionDep,

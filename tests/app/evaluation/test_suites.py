@@ -222,7 +222,7 @@ def test_empty_suite_is_a_problem(text: str) -> None:
 
 
 def test_suite_error_message_lists_problems() -> None:
-    with pytest.raises(SuiteError, match=r"2 problem\(s\).*line 1: prompt: missing"):
+    with pytest.raises(SuiteError, match=r"(?s)2 problem\(s\).*line 1: prompt: missing"):
         parse_suite_jsonl(jsonl({"reference": "a"}, {"reference": "b"}), META)
 
 

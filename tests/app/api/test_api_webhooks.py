@@ -1,0 +1,290 @@
+"""Webhooks over the API: endpoints per team (secret shown once, another team's answers 404), input
+rules, and the outbox: an event is written in the transaction of the change it describes, to the
+subscribed endpoints of the right teams, and its delivery task leaves only after the commit.
+(Delivering, signing and retrying: tests/workers/test_webhooks.py and tests/workers/jobs/.)"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.auth.service import Scope, create_token
+from app.db import session_scope
+from app.jobs import service as jobs
+from app.jobs.states import JobStatus
+from app.queue import TaskName
+from app.registry import service as registry
+from app.settings import Settings
+from app.webhooks.models import WebhookDelivery, WebhookEvent
+
+from .conftest import Tokens, demonstration_lines, drain_broker, make_suite, unique, upload
+from .test_api_files import assert_error
+
+PUBLIC_URL = "https://hooks.example.com/sdft"
+
+
+def team_token(db: sessionmaker[Session], team: str, scopes: list[Scope]) -> dict[str, str]:
+    with session_scope(db) as session:
+        _token, secret = create_token(session, name=f"test-{team}", scopes=scopes, team=team)
+    return Tokens.header(secret)
+
+
+@pytest.fixture()
+def teams(db: sessionmaker[Session]) -> tuple[dict[str, str], dict[str, str]]:
+    """jobs:write tokens of two fresh teams."""
+    return (
+        team_token(db, unique("team-a"), [Scope.JOBS_WRITE]),
+        team_token(db, unique("team-b"), [Scope.JOBS_WRITE]),
+    )
+
+
+@pytest.fixture()
+def cleanup(client: TestClient, admin: dict[str, str]) -> Iterator[list[str]]:
+    """Ids of endpoints to delete after the test: the database is shared with the other API tests,
+    whose alias moves and cancellations must not grow deliveries here."""
+    created: list[str] = []
+    yield created
+    for endpoint_id in created:
+        client.delete(f"/v1/webhooks/{endpoint_id}", headers=admin)
+
+
+def create_webhook(
+    client: TestClient, headers: dict[str, str], cleanup: list[str], events: list[str], **body: Any
+) -> dict[str, Any]:
+    response = client.post(
+        "/v1/webhooks", json={"url": PUBLIC_URL, "events": events, **body}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    cleanup.append(response.json()["id"])
+    return dict(response.json())
+
+
+def deliveries(client: TestClient, headers: dict[str, str], endpoint_id: str) -> list[dict[str, Any]]:
+    response = client.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=headers)
+    assert response.status_code == 200, response.text
+    return list(response.json()["data"])
+
+
+def test_an_endpoint_belongs_to_its_team_and_its_secret_is_shown_once(
+    client: TestClient,
+    teams: tuple[dict[str, str], dict[str, str]],
+    admin: dict[str, str],
+    reader: dict[str, str],
+    cleanup: list[str],
+) -> None:
+    mine, other = teams
+    created = create_webhook(
+        client, mine, cleanup, ["job.status_changed", "alias.moved", "job.status_changed"], description="ci"
+    )
+    assert created["id"].startswith("wh_") and created["object"] == "webhook"
+    assert created["events"] == ["job.status_changed", "alias.moved"]  # duplicates dropped
+    assert created["status"] == "enabled" and created["description"] == "ci"
+    assert created["secret"].startswith("whsec_")
+    assert len(base64.b64decode(created["secret"].removeprefix("whsec_"))) == 32
+    endpoint_id = created["id"]
+
+    shown = client.get(f"/v1/webhooks/{endpoint_id}", headers=mine).json()
+    assert "secret" not in shown and shown == {k: v for k, v in created.items() if k != "secret"}
+    assert endpoint_id in [e["id"] for e in client.get("/v1/webhooks", headers=mine).json()["data"]]
+    assert endpoint_id in [
+        e["id"] for e in client.get("/v1/webhooks", params={"limit": 100}, headers=admin).json()["data"]
+    ]
+    assert endpoint_id not in [e["id"] for e in client.get("/v1/webhooks", headers=other).json()["data"]]
+    assert deliveries(client, mine, endpoint_id) == []
+
+    # Another team's endpoint does not exist for it.
+    assert_error(client.get(f"/v1/webhooks/{endpoint_id}", headers=other), 404, "webhook_not_found", "id")
+    assert_error(client.delete(f"/v1/webhooks/{endpoint_id}", headers=other), 404, "webhook_not_found", "id")
+    assert_error(
+        client.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=other), 404, "webhook_not_found", "id"
+    )
+    # Creating and deleting need jobs:write.
+    body = {"url": PUBLIC_URL, "events": ["alias.moved"]}
+    assert_error(client.post("/v1/webhooks", json=body, headers=reader), 403, "insufficient_scope", None)
+    assert_error(
+        client.delete(f"/v1/webhooks/{endpoint_id}", headers=reader), 403, "insufficient_scope", None
+    )
+
+    deleted = client.delete(f"/v1/webhooks/{endpoint_id}", headers=mine)
+    assert deleted.json() == {"id": endpoint_id, "object": "webhook", "deleted": True}
+    assert_error(client.get(f"/v1/webhooks/{endpoint_id}", headers=mine), 404, "webhook_not_found", "id")
+
+
+BAD_WEBHOOKS = [
+    ({"url": "ftp://hooks.example.com/x"}, "invalid_request", "url"),
+    ({"url": "http://user:secret@hooks.example.com/x"}, "invalid_url", "url"),
+    ({"url": "https://hooks.example.com/x#part"}, "invalid_url", "url"),
+    ({"url": "http://:8080/x"}, "invalid_url", "url"),
+    ({"url": "http://hooks.example.com:99999/x"}, "invalid_url", "url"),
+    ({"url": "http://127.0.0.1:9000/x"}, "private_url", "url"),
+    ({"url": "http://localhost/x"}, "private_url", "url"),
+    ({"url": "http://[::1]/x"}, "private_url", "url"),
+    ({"url": "http://10.1.2.3/x"}, "private_url", "url"),
+    ({"url": "http://169.254.169.254/latest/meta-data"}, "private_url", "url"),
+    ({"events": []}, "invalid_request", "events"),
+    ({"events": ["job.created"]}, "invalid_request", "events[0]"),
+    ({"description": "x" * 501}, "invalid_request", "description"),
+    ({"secret": "whsec_mine"}, "invalid_request", "secret"),
+]
+
+
+@pytest.mark.parametrize(("change", "code", "param"), BAD_WEBHOOKS)
+def test_bad_webhooks_are_422_and_write_nothing(
+    client: TestClient,
+    teams: tuple[dict[str, str], dict[str, str]],
+    counts: Callable[[], dict[str, int]],
+    change: dict[str, Any],
+    code: str,
+    param: str,
+) -> None:
+    before = counts()
+    body = {"url": PUBLIC_URL, "events": ["job.status_changed"], **change}
+    assert_error(client.post("/v1/webhooks", json=body, headers=teams[0]), 422, code, param)
+    assert counts() == before
+
+
+def _job_body(client: TestClient, headers: dict[str, str], base_id: str) -> dict[str, Any]:
+    training = upload(client, headers, demonstration_lines(), "demonstrations", model=base_id)
+    assert training.status_code == 201, training.text
+    suite = make_suite(client, headers)
+    return {
+        "base": base_id,
+        "stages": [
+            {
+                "skill": "arithmetic",
+                "training_file": training.json()["id"],
+                "suites": [suite["id"]],
+                "method": "sft",
+                "hyperparameters": {"max_steps": 2},
+            }
+        ],
+    }
+
+
+def test_events_are_written_with_their_change_for_the_right_teams_and_sent_after_commit(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    base_model: dict[str, Any],
+    promoter: dict[str, str],
+    teams: tuple[dict[str, str], dict[str, str]],
+    cleanup: list[str],
+) -> None:
+    mine, other = teams
+    everything = create_webhook(
+        client, mine, cleanup, ["job.status_changed", "version.registered", "alias.moved"]
+    )
+    theirs = create_webhook(
+        client, other, cleanup, ["job.status_changed", "version.registered", "alias.moved"]
+    )
+    body = _job_body(client, mine, base_model["id"])
+    job_id = client.post("/v1/jobs", json=body, headers=mine).json()["id"]
+    assert deliveries(client, mine, everything["id"]) == []  # creating a job is not a status change
+    drain_broker(backend)
+
+    # A status change through the API: one delivery for this team's endpoint, its task after the commit.
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=mine).status_code == 200
+    [delivery] = deliveries(client, mine, everything["id"])
+    assert delivery["event_type"] == "job.status_changed" and delivery["status"] == "pending"
+    assert delivery["attempts"] == 0 and delivery["next_attempt_at"] is not None
+    assert delivery["delivered_at"] is None and delivery["last_status_code"] is None
+    assert drain_broker(backend) == [{"task": str(TaskName.DELIVER_WEBHOOK), "args": [delivery["id"]]}]
+    assert deliveries(client, other, theirs["id"]) == []  # another team's job: nothing
+    with db() as session:
+        event = session.get(WebhookEvent, delivery["event_id"])
+        assert event is not None
+        assert event.payload["type"] == "job.status_changed" and event.payload["id"] == event.id
+        assert event.payload["data"] == {"job_id": job_id, "from": "validating", "to": "cancelled"}
+        assert event.payload["timestamp"].endswith("Z")
+
+    # A rolled-back change leaves no event and sends nothing.
+    second = client.post("/v1/jobs", json=body, headers=mine).json()["id"]
+    drain_broker(backend)
+    session = app.state.sessionmaker()  # a request's session: it carries the task producer
+    assert jobs.advance(session, second, JobStatus.VALIDATING, JobStatus.QUEUED)
+    session.rollback()
+    session.close()
+    assert drain_broker(backend) == []
+    assert len(deliveries(client, mine, everything["id"])) == 1
+
+    # A version registered for the team's job: this team's endpoint only.
+    with session_scope(app.state.sessionmaker) as session:
+        version = registry.register_version(
+            session,
+            parent_id=base_model["id"],
+            job_id=second,
+            skill="arithmetic",
+            checkpoint_uri="file:///nonexistent/checkpoint",
+            checkpoint_sha256="0" * 64,
+        )
+    newest = deliveries(client, mine, everything["id"])[0]
+    assert newest["event_type"] == "version.registered"
+    assert drain_broker(backend) == [{"task": str(TaskName.DELIVER_WEBHOOK), "args": [newest["id"]]}]
+    assert deliveries(client, other, theirs["id"]) == []
+    with db() as session:
+        event = session.get(WebhookEvent, newest["event_id"])
+        assert event is not None and event.payload["data"]["version_id"] == version.id
+        assert event.payload["data"]["job_id"] == second
+
+    # An alias move concerns every team (the registry is shared).
+    alias = unique("wh-alias")
+    moved = client.put(f"/v1/aliases/{alias}", json={"version": base_model["id"]}, headers=promoter)
+    assert moved.status_code == 200, moved.text
+    mine_moved = deliveries(client, mine, everything["id"])[0]
+    theirs_moved = deliveries(client, other, theirs["id"])[0]
+    assert mine_moved["event_type"] == theirs_moved["event_type"] == "alias.moved"
+    assert mine_moved["event_id"] == theirs_moved["event_id"]  # one event, one delivery per endpoint
+    sent = drain_broker(backend)
+    assert sorted(m["args"][0] for m in sent) == sorted([mine_moved["id"], theirs_moved["id"]])
+    with db() as session:
+        payload = session.get(WebhookEvent, mine_moved["event_id"]).payload  # type: ignore[union-attr]
+        assert payload["data"]["alias"] == alias and payload["data"]["to_version_id"] == base_model["id"]
+        assert "actor" not in payload["data"]  # token names stay within their team
+
+    # Deleting an endpoint removes its delivery log; the other team's stays.
+    client.delete(f"/v1/webhooks/{everything['id']}", headers=mine)
+    with db() as session:
+        left = session.scalars(
+            select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == everything["id"])
+        ).all()
+        assert left == []
+    assert len(deliveries(client, other, theirs["id"])) == 1
+
+
+def test_subscriptions_filter_events_and_pages_work(
+    client: TestClient,
+    base_model: dict[str, Any],
+    promoter: dict[str, str],
+    teams: tuple[dict[str, str], dict[str, str]],
+    cleanup: list[str],
+    backend: Settings,
+) -> None:
+    mine, _other = teams
+    jobs_only = create_webhook(client, mine, cleanup, ["job.status_changed"])
+    aliases_only = create_webhook(client, mine, cleanup, ["alias.moved"])
+    alias = unique("wh-page")
+    for _ in range(3):
+        response = client.put(f"/v1/aliases/{alias}", json={"version": base_model["id"]}, headers=promoter)
+        assert response.status_code == 200, response.text
+    drain_broker(backend)
+    assert deliveries(client, mine, jobs_only["id"]) == []
+    all_three = deliveries(client, mine, aliases_only["id"])
+    assert len(all_three) == 3 and len({d["event_id"] for d in all_three}) == 3
+    page = client.get(
+        f"/v1/webhooks/{aliases_only['id']}/deliveries", params={"limit": 2}, headers=mine
+    ).json()
+    assert page["has_more"] and [d["id"] for d in page["data"]] == [d["id"] for d in all_three[:2]]
+    rest = client.get(
+        f"/v1/webhooks/{aliases_only['id']}/deliveries",
+        params={"limit": 2, "after": page["last_id"]},
+        headers=mine,
+    ).json()
+    assert not rest["has_more"] and [d["id"] for d in rest["data"]] == [all_three[2]["id"]]

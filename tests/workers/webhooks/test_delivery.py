@@ -1,0 +1,451 @@
+"""Webhook delivery (workers/webhooks.py) against real receivers on 127.0.0.1: Standard Webhooks
+signatures that the `standardwebhooks` library verifies, one send per event even when the task runs
+twice at once, retries with backoff while the receiver fails (the retry is the task sent again with a
+countdown), endpoints disabled after repeated failure (and the job told), lost tasks re-sent by the
+sweep, and nothing sent about a team's jobs to another team. The app and its databases are the API
+tests' (SQLite and PostgreSQL); the app here lets webhooks reach loopback receivers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from dataclasses import asdict, fields
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from kombu import Connection
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from app.jobs import service as jobs
+from app.jobs.states import JobStatus
+from app.queue import TaskName
+from app.settings import Settings
+from app.webhooks import service as webhooks
+from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from tests.app.api.conftest import unique
+from tests.workers.webhooks.receiver import receiving
+from workers.webhooks import RetryPolicy, deliver, resend_lost_deliveries
+
+FAST = RetryPolicy(
+    backoff_seconds=1.0,
+    backoff_max_seconds=2.0,
+    retry_window_seconds=3600.0,
+    max_consecutive_failures=20,
+    timeout_seconds=5.0,
+    allow_private=True,
+)
+
+
+def subscribe(
+    client: TestClient,
+    headers: dict[str, str],
+    url: str,
+    endpoints: list[str],
+    events: list[str] | None = None,
+) -> dict[str, Any]:
+    body = {"url": url, "events": events or ["job.status_changed"]}
+    response = client.post("/v1/webhooks", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    endpoints.append(response.json()["id"])
+    return dict(response.json())
+
+
+def broker_messages(settings: Settings) -> list[dict[str, Any]]:
+    """Every waiting message of the default queue, consumed: task, args and eta."""
+    found = []
+    with Connection(settings.broker_url) as connection:
+        channel = connection.default_channel
+        channel.queue_declare(queue="default", durable=True, auto_delete=False)
+        while (message := channel.basic_get("default", no_ack=True)) is not None:
+            args, _kwargs, _embed = json.loads(message.body)
+            found.append({"task": message.headers["task"], "args": args, "eta": message.headers.get("eta")})
+    return found
+
+
+def deliver_queued(app: FastAPI, settings: Settings, policy: RetryPolicy = FAST) -> list[str]:
+    """What a worker of the default queue does: run every delivery task waiting in the broker."""
+    outcomes = []
+    for message in broker_messages(settings):
+        if message["task"] == str(TaskName.DELIVER_WEBHOOK):
+            outcomes.append(deliver(app.state.sessionmaker, message["args"][0], policy))
+    return outcomes
+
+
+def new_job(client: TestClient, headers: dict[str, str], body: dict[str, Any]) -> str:
+    response = client.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def move(app: FastAPI, job_id: str, *steps: tuple[JobStatus, JobStatus]) -> None:
+    """Status moves as the workers make them, in a session that sends its tasks after the commit."""
+    for from_status, to_status in steps:
+        with app.state.sessionmaker.begin() as session:
+            assert jobs.advance(session, job_id, from_status, to_status)
+
+
+def pending(db: sessionmaker[Session], endpoint_id: str) -> list[WebhookDelivery]:
+    with db() as session:
+        return list(
+            session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.endpoint_id == endpoint_id)
+                .order_by(WebhookDelivery.id)
+            )
+        )
+
+
+def row(db: sessionmaker[Session], delivery_id: str) -> WebhookDelivery:
+    with db() as session:
+        found = session.get(WebhookDelivery, delivery_id)
+        assert found is not None
+        return found
+
+
+def spec_signature(secret: str, headers: dict[str, str], body: bytes) -> str:
+    """The Standard Webhooks signature, computed here from the spec independently of app.webhooks."""
+    key = base64.b64decode(secret.split("_", 1)[1])
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def test_a_delivery_is_signed_the_standard_webhooks_way_and_sent_once(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    with receiving(delay=0.5) as receiver:
+        endpoint = subscribe(client, writer, receiver.url, endpoints)
+        job_id = new_job(client, writer, job_body)
+        broker_messages(backend)
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=writer).status_code == 200
+        [message] = broker_messages(backend)
+        assert message["task"] == str(TaskName.DELIVER_WEBHOOK)
+        delivery_id = message["args"][0]
+
+        # The task delivered twice at once (a redelivered message): one POST.
+        outcomes: list[str] = []
+        threads = [
+            threading.Thread(
+                target=lambda: outcomes.append(deliver(app.state.sessionmaker, delivery_id, FAST))
+            )
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["delivered", "skipped"]
+        # ... and once more after it was delivered: nothing.
+        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "skipped"
+        assert len(receiver.received) == 1
+        [received] = receiver.received
+
+    payload = Webhook(endpoint["secret"]).verify(received.body, received.headers)
+    assert payload["type"] == "job.status_changed"
+    assert payload["data"] == {"job_id": job_id, "from": "validating", "to": "cancelled"}
+    assert received.headers["webhook-id"] == payload["id"] == row(db, delivery_id).event_id
+    assert received.headers["webhook-signature"] == spec_signature(
+        endpoint["secret"], received.headers, received.body
+    )
+    assert received.headers["content-type"] == "application/json"
+    assert abs(int(received.headers["webhook-timestamp"]) - time.time()) < 60
+    with pytest.raises(WebhookVerificationError):
+        Webhook(endpoint["secret"]).verify(
+            received.body.replace(b"cancelled", b"succeeded"), received.headers
+        )
+    with pytest.raises(WebhookVerificationError):
+        other_secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+        Webhook(other_secret).verify(received.body, received.headers)
+
+    [logged] = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries", headers=writer).json()["data"]
+    assert logged["status"] == "delivered" and logged["attempts"] == 1
+    assert logged["last_status_code"] == 200 and logged["last_error"] is None
+    assert logged["next_attempt_at"] is None and logged["delivered_at"] is not None
+
+
+def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    with receiving(statuses=[503, 500]) as receiver:
+        endpoint = subscribe(client, writer, receiver.url, endpoints)
+        job_id = new_job(client, writer, job_body)
+        broker_messages(backend)
+        move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED))
+        [first] = broker_messages(backend)
+        delivery_id = first["args"][0]
+
+        started = time.time()
+        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "retrying"
+        failed = row(db, delivery_id)
+        assert (failed.status, failed.attempts, failed.last_status_code) == ("pending", 1, 503)
+        assert failed.last_error == "HTTP 503"
+        assert failed.next_attempt_at is not None and 0.9 <= failed.next_attempt_at - started <= 2.0
+        # The retry is the same task sent again with a countdown (an ETA), after the outcome's commit.
+        [retry] = broker_messages(backend)
+        assert retry["task"] == str(TaskName.DELIVER_WEBHOOK) and retry["args"] == [delivery_id]
+        assert retry["eta"] is not None
+        # Before it is due, a task sends nothing.
+        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "skipped"
+        assert len(receiver.received) == 1
+
+        time.sleep(max(0.0, failed.next_attempt_at - time.time()))
+        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "retrying"
+        second = row(db, delivery_id)
+        assert (second.attempts, second.last_status_code) == (2, 500)
+        assert second.next_attempt_at is not None and second.next_attempt_at - time.time() > 1.0  # doubled
+        time.sleep(max(0.0, second.next_attempt_at - time.time()))
+        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "delivered"
+        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "skipped"
+        broker_messages(backend)
+
+    assert len(receiver.received) == 3
+    assert len(set(receiver.ids())) == 1  # one event id on every attempt
+    for attempt in receiver.received:
+        Webhook(endpoint["secret"]).verify(attempt.body, attempt.headers)
+    done = row(db, delivery_id)
+    assert (done.status, done.attempts, done.last_status_code, done.last_error) == ("delivered", 3, 200, None)
+    with db() as session:
+        assert session.get(WebhookEndpoint, endpoint["id"]).consecutive_failures == 0  # type: ignore[union-attr]
+
+
+def test_an_unreachable_receiver_is_an_error_to_retry(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subscribe(client, writer, f"http://127.0.0.1:{port}/hook", endpoints)
+    job_id = new_job(client, writer, job_body)
+    move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED))
+    [outcome] = deliver_queued(app, backend)
+    assert outcome == "retrying"
+    [delivery] = pending(db, endpoints[-1])
+    assert delivery.status == "pending" and delivery.last_status_code is None
+    assert delivery.last_error is not None and "ConnectError" in delivery.last_error
+    broker_messages(backend)
+
+
+def test_private_addresses_are_refused_when_delivering(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    strict = RetryPolicy(**{**asdict(FAST), "allow_private": False})
+    with receiving() as receiver:
+        subscribe(client, writer, receiver.url, endpoints)
+        job_id = new_job(client, writer, job_body)
+        move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED))
+        assert deliver_queued(app, backend, strict) == ["retrying"]
+        assert receiver.received == []
+    [delivery] = pending(db, endpoints[-1])
+    assert delivery.last_error is not None and "127.0.0.1" in delivery.last_error
+    broker_messages(backend)
+
+
+def test_an_endpoint_failing_too_often_is_disabled_and_its_jobs_are_told(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    policy = RetryPolicy(**{**asdict(FAST), "backoff_seconds": 0.01, "max_consecutive_failures": 3})
+    with receiving(default=500) as receiver:
+        endpoint = subscribe(client, writer, receiver.url, endpoints)
+        job_id = new_job(client, writer, job_body)
+        move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING))
+        broker_messages(backend)
+        first, second = (d.id for d in pending(db, endpoint["id"]))
+        assert deliver(app.state.sessionmaker, first, policy) == "retrying"
+        assert deliver(app.state.sessionmaker, second, policy) == "retrying"
+        assert deliver(app.state.sessionmaker, first, policy) == "disabled"  # 3 in a row
+        assert deliver(app.state.sessionmaker, second, policy) == "skipped"
+        assert len(receiver.received) == 3
+
+        shown = client.get(f"/v1/webhooks/{endpoint['id']}", headers=writer).json()
+        assert shown["status"] == "disabled" and shown["disabled_at"] is not None
+        assert shown["disabled_reason"] == "3 deliveries failed in a row"
+        log = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries", headers=writer).json()["data"]
+        assert [d["status"] for d in log] == ["failed", "failed"]
+        assert all(d["next_attempt_at"] is None for d in log)
+        events = client.get(f"/v1/jobs/{job_id}/events", headers=writer).json()["data"]
+        [told] = [e for e in events if e["type"] == "webhook"]
+        assert told["level"] == "warn" and endpoint["id"] in told["message"]
+        assert told["data"] == {"webhook_id": endpoint["id"], "reason": "3 deliveries failed in a row"}
+
+        # A disabled endpoint hears nothing more.
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=writer).status_code == 200
+        assert len(pending(db, endpoint["id"])) == 2
+        assert set(deliver_queued(app, backend, policy)) == {"skipped"}  # the earlier retries' tasks
+        assert len(receiver.received) == 3
+
+
+def test_an_event_undelivered_past_the_retry_window_disables_the_endpoint(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    with receiving(default=502) as receiver:
+        endpoint = subscribe(client, writer, receiver.url, endpoints)
+        job_id = new_job(client, writer, job_body)
+        move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED))
+        [delivery] = pending(db, endpoint["id"])
+        with db.begin() as session:  # the event happened two days ago
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == delivery.event_id)
+                .values(created_at=WebhookEvent.created_at - 2 * 24 * 3600)
+            )
+        policy = RetryPolicy(**{**asdict(FAST), "retry_window_seconds": 24 * 3600.0})
+        assert deliver_queued(app, backend, policy) == ["disabled"]
+        assert len(receiver.received) == 1
+    shown = client.get(f"/v1/webhooks/{endpoint['id']}", headers=writer).json()
+    assert shown["status"] == "disabled" and "undelivered" in shown["disabled_reason"]
+
+
+def test_another_teams_endpoint_hears_nothing_about_this_teams_jobs(
+    app: FastAPI,
+    client: TestClient,
+    backend: Settings,
+    writer: dict[str, str],
+    rival: dict[str, str],
+    promoter: dict[str, str],
+    base_model: dict[str, Any],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    events = ["job.status_changed", "version.registered", "alias.moved"]
+    with receiving() as ours, receiving() as theirs:
+        subscribe(client, writer, ours.url, endpoints, events)
+        subscribe(client, rival, theirs.url, endpoints, events)
+        broker_messages(backend)
+        job_id = new_job(client, writer, job_body)
+        move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING))
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=writer).status_code == 200
+        assert deliver_queued(app, backend) == ["delivered"] * 3
+        assert [json.loads(r.body)["data"]["to"] for r in ours.received] == ["queued", "running", "cancelled"]
+        assert theirs.received == []
+        # Alias moves are everyone's news.
+        alias = unique("wh-team")
+        assert client.put(
+            f"/v1/aliases/{alias}", json={"version": base_model["id"]}, headers=promoter
+        ).is_success
+        assert deliver_queued(app, backend) == ["delivered"] * 2
+        assert len(ours.received) == 4 and len(theirs.received) == 1
+        assert ours.received[-1].headers["webhook-id"] == theirs.received[0].headers["webhook-id"]
+        assert json.loads(theirs.received[0].body)["data"]["alias"] == alias
+
+
+def test_lost_tasks_are_sent_again_by_the_sweep(
+    app: FastAPI,
+    client: TestClient,
+    db: sessionmaker[Session],
+    backend: Settings,
+    writer: dict[str, str],
+    job_body: dict[str, Any],
+    endpoints: list[str],
+) -> None:
+    with receiving() as receiver:
+        endpoint = subscribe(client, writer, receiver.url, endpoints)
+        job_id = new_job(client, writer, job_body)
+        broker_messages(backend)
+        with db.begin() as session:  # a session without a task producer: the event's task never leaves
+            assert jobs.advance(session, job_id, JobStatus.VALIDATING, JobStatus.QUEUED)
+        assert broker_messages(backend) == []
+        [delivery] = pending(db, endpoint["id"])
+
+        producer = app.state.producer
+        time.sleep(0.6)
+        with db.begin() as session:
+            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == [delivery.id]
+        with db.begin() as session:  # sent once per grace period, by one sweeper
+            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == []
+        assert [m["args"] for m in broker_messages(backend)] == [[delivery.id]]
+
+        # In flight (claimed by a worker still POSTing): not lost.
+        time.sleep(0.6)
+        with db.begin() as session:
+            assert webhooks.claim(session, delivery.id, at=time.time(), hold_seconds=60) is not None
+        with db.begin() as session:
+            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == []
+        with db.begin() as session:  # that worker died: its claim expires, and the delivery is lost again
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery.id)
+                .values(claimed_until=time.time())
+            )
+        time.sleep(0.1)
+        with db.begin() as session:
+            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == [delivery.id]
+        assert deliver_queued(app, backend) == ["delivered"]
+        time.sleep(0.6)
+        with db.begin() as session:
+            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == []
+        assert len(receiver.received) == 1
+
+
+def test_the_retry_policy() -> None:
+    policy = RetryPolicy()
+    assert [policy.delay(n) for n in range(1, 10)] == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert policy.give_up_reason(19, None, time.time()) is None
+    assert policy.give_up_reason(20, None, time.time()) == "20 deliveries failed in a row"
+    now = time.time()
+    assert policy.give_up_reason(1, int(now) - 3600, now) is None
+    assert "undelivered" in str(policy.give_up_reason(1, int(now) - 25 * 3600, now))
+    # At the default backoff, a receiver that stays down fails its 20th attempt in a row after about
+    # 13 hours: it is disabled for its failures before its first event is a day old.
+    assert 12 * 3600 < sum(policy.delay(n) for n in range(1, 20)) < 24 * 3600
+
+
+def test_the_delivery_task_is_registered_on_the_default_queue() -> None:
+    from app.queue import TASK_QUEUES
+    from workers.celery_app import app as celery_app
+    from workers.tasks import deliver_webhook_task
+
+    assert deliver_webhook_task.name == "sdft.webhooks.deliver" == str(TaskName.DELIVER_WEBHOOK)
+    assert TASK_QUEUES[TaskName.DELIVER_WEBHOOK] == "default"
+    assert str(TaskName.DELIVER_WEBHOOK) in celery_app.tasks
+
+
+def test_the_metrics_csv_has_a_column_for_every_step_metric() -> None:
+    from app.jobs.router import METRICS_CSV_COLUMNS
+    from workers.training.loop import StepMetrics
+
+    assert {f.name for f in fields(StepMetrics)} | {"stage", "skill"} == set(METRICS_CSV_COLUMNS)
+    assert len(METRICS_CSV_COLUMNS) == len(set(METRICS_CSV_COLUMNS))
