@@ -197,16 +197,7 @@ GENERAL_CHOICE_SUITE = SuiteData(
     tolerance=5.0,
     max_new_tokens=1,
 )
-GENERAL_DEMO_SUITE = SuiteData(
-    name="general-demo",
-    description="20 of the general questions, for the CPU demo.",
-    file="general_demo.jsonl",
-    grader="contains",
-    tolerance=10.0,
-    max_new_tokens=48,
-)
-
 # The skills `sdft demo` learns, in order.
-DEMO_STAGES: tuple[str, ...] = ("format-demo", "knowledge-demo")
+DEMO_STAGES: tuple[str, ...] = ("knowledge-demo", "format-demo")
 # The skills the continual-learning experiment learns, in order.
 EXPERIMENT_STAGES: tuple[str, ...] = ("knowledge", "format", "tool-use")

@@ -658,18 +658,6 @@ GENERAL_VALIDATION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is 20 - 10?", ("10", "ten")),
     ("What is 5 × 2?", ("10", "ten")),
 )
-# The demo's general suite: 20 rows across the categories, each answered correctly by the embedded
-# base (SmolLM2-135M-Instruct, greedy, 48 new tokens) when the data was written, so that forgetting
-# shows as a drop. The full general.jsonl keeps the questions the base misses as well.
-GENERAL_DEMO_IDS: tuple[str, ...] = (
-    *("general-001", "general-002", "general-004", "general-010", "general-016"),  # capitals
-    *("general-006", "general-042", "general-048"),  # arithmetic
-    *("general-026", "general-028", "general-029", "general-032"),  # opposites
-    *("general-020", "general-045", "general-046"),  # colour, calendar
-    *("general-057", "general-059", "general-063", "general-074", "general-070"),  # science, language
-)
-
-
 # The general questions as a choice suite: each answer among three others of the same kind, scored by
 # the model's likelihood of each option rather than by a greedy answer. At 135M a greedy answer flips
 # with any change to the weights (docs/experiments/README.md); which option is likeliest moves far less,
@@ -713,14 +701,12 @@ def general_rows() -> dict[str, list[Row]]:
             ordered.append(arithmetic.pop(0))
     ordered += arithmetic
     rows = [{"id": f"general-{index:03d}", **row} for index, row in enumerate(ordered, start=1)]
-    by_id = {row["id"]: row for row in rows}
     validation: list[Row] = [
         {"id": f"general-val-{index:03d}", "prompt": q, "reference": list(refs)}
         for index, (q, refs) in enumerate(GENERAL_VALIDATION, start=1)
     ]
     return {
         "general.jsonl": rows,
-        "general_demo.jsonl": [by_id[row_id] for row_id in GENERAL_DEMO_IDS],
         "general_val.jsonl": validation,
         "general_choice.jsonl": general_choice_rows(),
     }

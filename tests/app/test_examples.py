@@ -42,14 +42,14 @@ def test_registry_files_exist_and_parse() -> None:
         for suite in _suites(skill):
             assert len(suite) > 0
             assert suite.meta.grader == skill.grader
-    for general in (examples.GENERAL_SUITE, examples.GENERAL_DEMO_SUITE, examples.GENERAL_VALIDATION_SUITE):
+    for general in (examples.GENERAL_SUITE, examples.GENERAL_CHOICE_SUITE, examples.GENERAL_VALIDATION_SUITE):
         assert (DATA / general.file).is_file()
         assert len(general.suite()) > 0
 
 
 def test_every_shipped_jsonl_is_generated_and_registered() -> None:
     registered = {file for skill in examples.SKILLS.values() for file in skill.files()}
-    registered |= {examples.GENERAL_SUITE.file, examples.GENERAL_DEMO_SUITE.file, generate.TOOLALPACA_FILE}
+    registered |= {examples.GENERAL_SUITE.file, examples.GENERAL_CHOICE_SUITE.file, generate.TOOLALPACA_FILE}
     registered |= {examples.GENERAL_VALIDATION_SUITE.file}
     assert {path.name for path in DATA.glob("*.jsonl")} == registered
     assert (DATA / "PROVENANCE.md").is_file()
@@ -85,7 +85,7 @@ def test_load_text_rejects_paths() -> None:
         ("format_demo_test.jsonl", 12),
         ("knowledge_demo_train.jsonl", 8),
         ("knowledge_demo_test.jsonl", 8),
-        ("general_demo.jsonl", 20),
+        ("general_choice.jsonl", 80),
         ("toolalpaca-eval.jsonl", 97),
     ],
 )
@@ -242,11 +242,14 @@ def test_general_suite_does_not_give_answers_away() -> None:
     assert grade("contains", "2 + 3 = 15", list(arithmetic.references)) == 0.0
 
 
-def test_general_demo_is_a_subset_of_the_general_suite() -> None:
-    by_id = {item.item_id: item for item in examples.GENERAL_SUITE.suite().items}
-    demo = examples.GENERAL_DEMO_SUITE.suite()
-    assert len(demo) == len(set(generate.GENERAL_DEMO_IDS)) == 20
-    assert all(by_id[item.item_id].canonical() == item.canonical() for item in demo.items)
+def test_general_choice_asks_the_general_questions_among_four_answers() -> None:
+    general = {item.messages()[-1]["content"] for item in examples.GENERAL_SUITE.suite().items}
+    choice = examples.GENERAL_CHOICE_SUITE.suite()
+    assert len(choice) == 80
+    for item in choice.items:
+        assert item.messages()[-1]["content"] in general
+        assert item.options is not None and len(set(item.options)) == 4
+        assert item.references[0] in item.options
 
 
 # --------------------------------------------------------------------------- generator

@@ -18,7 +18,7 @@ def test_train_writes_a_model_and_reports_progress(
         "".join(json.dumps({"prompt": f"Say {w}.", "demonstration": w}) + "\n" for w in ["yes", "no", "ok"])
     )
     config = tmp_path / "stage.yaml"
-    config.write_text("batch_size: 2\nmax_new_tokens: 8\ncheckpoint_every: 1\n")
+    config.write_text("method: sdft\nbatch_size: 2\nmax_new_tokens: 8\ncheckpoint_every: 1\n")
     code = main(["train", "--data", str(data), "--base", str(tiny_model_dir), "--out", str(tmp_path / "out"),
                  "--max-steps", "2", "--lora", "--config", str(config)])  # fmt: skip
     captured = capsys.readouterr()

@@ -124,6 +124,6 @@ def register(sub: Any) -> None:
     )
     continual.add_argument("--base", help="model directory (default: the embedded SmolLM2-135M-Instruct)")
     continual.add_argument(
-        "--work-dir", help="checkpoints and evaluation cache (default ~/.sdft/experiments/)"
+        "--work-dir", help="checkpoints and evaluation cache (default ~/.sdft/experiments/LABEL)"
     )
     continual.set_defaults(func=cmd_experiment_continual)

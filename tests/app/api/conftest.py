@@ -32,6 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from app.auth.service import Scope, create_token
 from app.bootstrap import alembic_config
+from app.client import main
 from app.db import Base, make_sessionmaker, session_scope
 from app.main import create_app
 from app.settings import Settings
@@ -336,3 +337,29 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     """The same app over real HTTP: streaming for SSE and the CLI."""
     with serve_in_thread(app) as server:
         yield server
+
+
+CliRun = Callable[..., tuple[int, Any, str]]
+
+
+def cli_runner(
+    server: LiveServer,
+    default_token: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    config_home: Path,
+) -> CliRun:
+    """`run(*argv, token=...)`: the `sdft` client against `server`; (exit code, JSON or text, stderr)."""
+    monkeypatch.setenv("SDFT_API_URL", server.url)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+
+    def run(*argv: str, token: str = default_token) -> tuple[int, Any, str]:
+        monkeypatch.setenv("SDFT_TOKEN", token)
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        try:
+            return code, json.loads(out), err
+        except json.JSONDecodeError:
+            return code, out, err
+
+    return run

@@ -18,7 +18,7 @@ import pytest
 from app.client import main
 from app.settings import Settings, get_settings
 
-from .conftest import LiveServer, Tokens, demonstration_lines
+from .conftest import CliRun, LiveServer, Tokens, cli_runner, demonstration_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -30,20 +30,8 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
-) -> Any:
-    monkeypatch.setenv("SDFT_API_URL", live_server.url)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-
-    def run(*argv: str, token: str = tokens.admin) -> tuple[int, Any, str]:
-        monkeypatch.setenv("SDFT_TOKEN", token)
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        try:
-            return code, json.loads(out), err
-        except json.JSONDecodeError:
-            return code, out, err
-
-    return run
+) -> CliRun:
+    return cli_runner(live_server, tokens.admin, monkeypatch, capsys, tmp_path / "config")
 
 
 def test_client_commands_end_to_end(

@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.client import main
-
-from .conftest import LiveServer, Tokens, demonstration_lines, unique
+from .conftest import CliRun, LiveServer, Tokens, cli_runner, demonstration_lines, unique
 
 
 @pytest.fixture()
@@ -21,20 +19,8 @@ def cli(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
-) -> Any:
-    monkeypatch.setenv("SDFT_API_URL", live_server.url)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-
-    def run(*argv: str, token: str = tokens.writer) -> tuple[int, Any, str]:
-        monkeypatch.setenv("SDFT_TOKEN", token)
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        try:
-            return code, json.loads(out), err
-        except json.JSONDecodeError:
-            return code, out, err
-
-    return run
+) -> CliRun:
+    return cli_runner(live_server, tokens.writer, monkeypatch, capsys, tmp_path / "config")
 
 
 def test_file_verbs(cli: Any, tmp_path: Path) -> None:

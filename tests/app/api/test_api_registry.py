@@ -388,8 +388,8 @@ def test_scores_cache_and_forgetting_matrix(
     client.put(f"/v1/aliases/{alias}", json={"version": trained}, headers=promoter)
     matrix = client.get("/v1/forgetting", params={"alias": alias}, headers=reader).json()
     assert [v["version_id"] for v in matrix["versions"]] == [base_model["id"], trained]
-    assert matrix["suites"] == [suite["name"]]
-    assert [row[0]["score"] for row in matrix["cells"]] == [40.0, 70.0]
+    column = matrix["suites"].index(suite["name"])  # other tests may score the shared base on their suites
+    assert [row[column]["score"] for row in matrix["cells"]] == [40.0, 70.0]
     png = client.get("/v1/forgetting", params={"alias": alias, "format": "png"}, headers=reader)
     assert (
         png.status_code == 200

@@ -50,7 +50,7 @@ def test_create_get_and_list(
 BAD_SUITES: list[tuple[str, dict[str, Any], int, str, str]] = [
     ("unknown grader", {"grader": "vibes"}, 422, "invalid_suite", "grader"),
     ("negative tolerance", {"tolerance": -1}, 422, "invalid_request", "tolerance"),
-    ("min_score above 100", {"min_score": 101}, 422, "invalid_suite", "min_score"),
+    ("min_score above 100", {"min_score": 101}, 422, "invalid_request", "min_score"),
     ("bad name", {"name": "Tool Use!"}, 422, "invalid_suite", "name"),
     (
         "unknown grader option",

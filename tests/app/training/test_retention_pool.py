@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from app.examples import EXAMPLE_DIR, GENERAL_DEMO_SUITE, GENERAL_SUITE, GENERAL_VALIDATION_SUITE, SKILLS
+from app.examples import EXAMPLE_DIR, GENERAL_CHOICE_SUITE, GENERAL_SUITE, GENERAL_VALIDATION_SUITE, SKILLS
 from app.training.retention_pool import assert_disjoint, build_retention_pool, general_prompts, prompt_key
 
 
 def _every_shipped_suite_prompt() -> list[list[dict[str, str]]]:
-    suites = [s.suite() for s in (GENERAL_SUITE, GENERAL_VALIDATION_SUITE, GENERAL_DEMO_SUITE)]
+    suites = [s.suite() for s in (GENERAL_SUITE, GENERAL_VALIDATION_SUITE, GENERAL_CHOICE_SUITE)]
     for skill in SKILLS.values():
         suites.append(skill.suite("test"))
         if skill.validation is not None:

@@ -66,14 +66,16 @@ def test_experiment_runs_every_recipe_and_resumes(tiny_model_dir: Path, tmp_path
         first, second = lineage["stages"]
         assert first["learning_rate"] == raw["chosen_rates"][first["method"]]
         for stage in (first, second):
-            assert set(stage["test_scores"]) == {"format", "knowledge", "general"}
+            assert set(stage["test_scores"]) == {"format", "knowledge", "general", "general-choice"}
             assert stage["general_delta"] == 0.0  # every answer counts as right on the stand-in suite
+            assert isinstance(stage["general_choice_delta"], float)
             assert (stage["readiness"] is not None) == (lineage["recipe"] in ("sdft", "auto"))
             assert stage["training"]["steps"] == 1 and stage["training"]["probe_divergence"]
         assert [row["role"] for row in first["gate"]["report"]["rows"]] == ["prior", "new_skill"]
+        # The gate holds general knowledge to the choice suite (greedy answers are too noisy at 135M).
         assert [row["suite"] for row in second["gate"]["report"]["rows"]] == [
             "format",
-            "general",
+            "general-choice",
             "knowledge",
         ]
     auto = raw["lineages"][-1]
@@ -82,7 +84,7 @@ def test_experiment_runs_every_recipe_and_resumes(tiny_model_dir: Path, tmp_path
         assert stage["method"] == "sft_retain" and "sft_retain" in stage["choice"]["reason"]
 
     report = (tmp_path / "out" / "tiny.md").read_text()
-    assert "| `sft_retain` |" in report and "Acceptance" in report
+    assert "| `sft_retain` |" in report and "Acceptance" in report and "general (choices)" in report
     assert (tmp_path / "out" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "out" / "tiny.md").unlink()
     write_report(tmp_path / "out" / "tiny.json", log=lines.append)  # `--report-only`

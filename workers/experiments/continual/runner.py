@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
 from app.evaluation.leakage import template_leakage
 from app.evaluation.results import SuiteResult
 from app.evaluation.suites import EvalSuite
-from app.examples import GENERAL_SUITE, GENERAL_VALIDATION_SUITE, SKILLS
+from app.examples import GENERAL_CHOICE_SUITE, GENERAL_SUITE, GENERAL_VALIDATION_SUITE, SKILLS
 from app.training.readiness import ReadinessReport, choose_method
 from app.training.retention_pool import build_retention_pool
 from app.training.stage_config import (
@@ -72,11 +73,14 @@ class SkillMaterial:
 
 @dataclass(frozen=True)
 class Material:
-    """The data one run uses: each skill's demonstrations and suites, and the general suites."""
+    """The data one run uses: each skill's demonstrations and suites, and the general suites: the
+    greedy one the earlier reports used, and the same questions as choices scored by likelihood, which
+    the gate uses (a greedy answer at 135M flips with any change to the weights)."""
 
     skills: dict[str, SkillMaterial]
     general: EvalSuite
     general_validation: EvalSuite
+    general_choice: EvalSuite
 
     @classmethod
     def from_examples(cls, plan: ExperimentPlan) -> Material:
@@ -97,10 +101,11 @@ class Material:
             skills,
             _with_cap(GENERAL_SUITE.suite(), GENERAL_CAP),
             _with_cap(GENERAL_VALIDATION_SUITE.suite(), GENERAL_CAP),
+            GENERAL_CHOICE_SUITE.suite(),
         )
 
     def test_suites(self) -> list[EvalSuite]:
-        return [*(skill.test for skill in self.skills.values()), self.general]
+        return [*(skill.test for skill in self.skills.values()), self.general, self.general_choice]
 
     def validation_suites(self) -> list[EvalSuite]:
         return [*(skill.validation for skill in self.skills.values()), self.general_validation]
@@ -278,6 +283,9 @@ class ContinualExperiment:
             on_step=on_step,
             inputs=inputs,
         )
+        # A finished stage is read from its final model; its resume checkpoints (weights and optimizer
+        # state, about 3 GB at 135M) would fill a disk over a full run's ~50 stages.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return result.model_dir, training_summary(
             final_steps(out / "metrics.jsonl", result.steps), result.sha256
         )
@@ -319,7 +327,9 @@ class ContinualExperiment:
                 started = time.perf_counter()
                 model_dir, training = self.train(self.base_dir, skill, config, self.stage_inputs(0, config))
                 validation = self.evaluate(model_dir, [material.validation, self.material.general_validation])
-                test = self.evaluate(model_dir, [material.test, self.material.general])
+                test = self.evaluate(
+                    model_dir, [material.test, self.material.general, self.material.general_choice]
+                )
                 trial = RateTrial(
                     learning_rate=rate,
                     new_skill=validation[material.validation.meta.name].score,
@@ -337,6 +347,10 @@ class ContinualExperiment:
                         "test_general_delta": paired_delta(
                             self.base_results[self.material.general.meta.name],
                             test[self.material.general.meta.name],
+                        ),
+                        "test_general_choice_delta": paired_delta(
+                            self.base_results[self.material.general_choice.meta.name],
+                            test[self.material.general_choice.meta.name],
                         ),
                         "training": training,
                         "seconds": time.perf_counter() - started,
@@ -384,7 +398,7 @@ class ContinualExperiment:
         model_dir, training = self.train(parent, skill, config, self.stage_inputs(index, config))
         results = self.evaluate(model_dir, self.material.test_suites())
         gate = self.gate(parent, model_dir, parent_results, results, index)
-        general = self.material.general.meta.name
+        general, general_choice = self.material.general.meta.name, self.material.general_choice.meta.name
         outputs = [record.output for result in results.values() for record in result.records]
         stage = {
             "skill": skill,
@@ -395,6 +409,7 @@ class ContinualExperiment:
             "test_scores": {name: _cell(result) for name, result in results.items()},
             "general_delta": paired_delta(self.base_results[general], results[general]),
             "general_kept_of_base_right": kept_of_base_right(self.base_results[general], results[general]),
+            "general_choice_delta": paired_delta(self.base_results[general_choice], results[general_choice]),
             "gate": gate,
             "training": training,
             "leakage": template_leakage(outputs).to_dict(),
@@ -418,7 +433,7 @@ class ContinualExperiment:
         """The service's gate: the new skill must improve, earlier skills and general must hold."""
         skills = self.plan.skills
         roles = [(self.material.skills[s].test, "prior") for s in skills[:index]] + [
-            (self.material.general, "prior"),
+            (self.material.general_choice, "prior"),
             (self.material.skills[skills[index]].test, "new_skill"),
         ]
         comparisons = [
@@ -461,6 +476,7 @@ class ContinualExperiment:
             else self.base_dir.name
         )
         general = self.base_results[self.material.general.meta.name]
+        general_choice = self.base_results[self.material.general_choice.meta.name]
         return {
             "format": RAW_FORMAT,
             "command": self.command,
@@ -474,6 +490,7 @@ class ContinualExperiment:
                 "total": general.n,
                 "base_right": sum(1 for r in general.records if r.score == 1.0),
             },
+            "general_choice": {"name": general_choice.suite_name, "total": general_choice.n},
             "base_scores": {name: _cell(result) for name, result in self.base_results.items()},
             "chosen_rates": self.chosen_rates,
             "grid": self.grid,
