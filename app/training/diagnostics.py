@@ -47,13 +47,22 @@ def probe_stalled(
 
 
 def stall_message(
-    *, stage: int, total: int, step: int, steps: int, baseline: float, current: float | None
+    *,
+    stage: int,
+    total: int,
+    step: int,
+    steps: int,
+    baseline: float,
+    current: float | None,
+    method: str,
 ) -> str:
-    """The warning a job emits, once, when `probe_stalled` first holds."""
+    """The warning a job emits, once, when `probe_stalled` first holds; the advice never names the
+    method the stage already runs."""
     now = "n/a" if current is None else f"{current:.3f}"
+    remedy = "method 'sft_retain'" if method == "sdft" else "more or clearer demonstrations"
     return (
         f"stage {stage}/{total} step {step}/{steps}: the student is not learning the demonstrations: the "
         f"divergence from the teacher on a fixed probe batch of them went from {baseline:.3f} to {now} "
-        "nats/token. More steps are unlikely to help; a higher learning rate, method 'sft_retain', "
+        f"nats/token. More steps are unlikely to help; a higher learning rate, {remedy}, "
         "or a stronger base model may."
     )

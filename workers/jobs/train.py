@@ -166,6 +166,7 @@ class StepReporter:
                     steps=m.total_steps,
                     baseline=m.probe_baseline,
                     current=m.probe_divergence,
+                    method=m.method,
                 )
                 self.run.warn(session, message, metrics)
             fallback = engine_fallback_note("rollouts", self.run.ctx.rollout_backend, m.rollout_engine)

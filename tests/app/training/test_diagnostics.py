@@ -23,5 +23,10 @@ def test_stall_needs_the_share_of_steps_and_too_small_a_drop() -> None:
     assert not probe_stalled(1.0, 0.9, done_fraction=0.5, **kwargs)
     assert probe_stalled(1.0, 1.2, done_fraction=1.0, **kwargs), "rising is not learning"
     assert not probe_stalled(0.0, 0.0, done_fraction=1.0, **kwargs), "nothing to learn"
-    message = stall_message(stage=1, total=2, step=20, steps=40, baseline=0.8, current=0.79)
+    message = stall_message(stage=1, total=2, step=20, steps=40, baseline=0.8, current=0.79, method="sdft")
     assert "0.800 to 0.790" in message and "stage 1/2 step 20/40" in message
+    assert "'sft_retain'" in message
+    retaining = stall_message(
+        stage=1, total=1, step=20, steps=40, baseline=0.8, current=0.79, method="sft_retain"
+    )
+    assert "'sft_retain'" not in retaining, "never advise the method the stage already runs"
