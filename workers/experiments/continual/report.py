@@ -101,13 +101,13 @@ def acceptance(raw: Mapping[str, Any]) -> list[str]:
         return [f"({candidate} has no finished lineage yet.)"]
     lines, met = [], True
     for index, skill in enumerate(skills):
-        auto = mean_t_interval(new_skill_scores(recipes[candidate], index))[0]
+        score = mean_t_interval(new_skill_scores(recipes[candidate], index))[0]
         sft = mean_t_interval(new_skill_scores(recipes["sft"], index))[0]
-        share = None if sft <= 0 else auto / sft
+        share = None if sft <= 0 else score / sft
         ok = sft <= 0 or (share is not None and share >= MIN_SHARE_OF_SFT)
         met &= ok
         lines.append(
-            f"- {skill}: {candidate} {auto:.1f} against SFT's {sft:.1f} points right after the stage "
+            f"- {skill}: {candidate} {score:.1f} against SFT's {sft:.1f} points right after the stage "
             + ("(SFT learned nothing here)" if sft <= 0 else f"({100 * (share or 0):.0f}% of SFT's)")
             + ("" if ok else f": **misses** the {100 * MIN_SHARE_OF_SFT:.0f}% bar")
             + "."
