@@ -35,6 +35,23 @@ def ensure_database(settings: Settings) -> None:
     command.upgrade(alembic_config(settings.database_url), "head")
 
 
+def ensure_broker_queues(settings: Settings) -> None:
+    """Declare the task queues on the embedded SQLite broker before any worker starts: kombu's
+    SQLAlchemy transport creates a queue row on first use with a select-then-insert, so two workers
+    starting together can both insert and one dies on the unique constraint. Redis needs no
+    declaring."""
+    if not settings.broker_url.startswith("sqla+"):
+        return
+    from kombu import Connection, Queue
+
+    from app.queue import TASK_QUEUES
+
+    with Connection(settings.broker_url) as connection:
+        channel = connection.default_channel
+        for name in sorted(set(TASK_QUEUES.values())):
+            Queue(name, channel=channel).declare()
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

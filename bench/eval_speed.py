@@ -23,12 +23,18 @@ sys.path.insert(0, str(ROOT))
 def child(model: str, skill: str, tokens: int, backend: str) -> dict[str, float]:
     from app.examples import SKILLS
     from workers.evaluation.cache import evaluate_model_dir
-    from workers.experiments.continual import _with_cap
+    from workers.experiments.continual.runner import capped_suite
 
-    suite = _with_cap(SKILLS[skill].suite("test"), tokens)
+    suite = capped_suite(SKILLS[skill].suite("test"), tokens)
     started = time.perf_counter()
-    result = evaluate_model_dir(model, [suite], backend_kind=backend).results[0]
-    return {"seconds": time.perf_counter() - started, "score": result.score, "n": result.n}
+    evaluation = evaluate_model_dir(model, [suite], backend_kind=backend)
+    result = evaluation.results[0]
+    return {
+        "seconds": time.perf_counter() - started,
+        "score": result.score,
+        "n": result.n,
+        "engine": evaluation.engine,  # what ran: transformers when the vLLM engine did not start
+    }
 
 
 def main() -> int:
@@ -58,12 +64,12 @@ def main() -> int:
         f"\n{args.skill} test suite ({results['vllm']['n']} items), "
         f"<= {args.max_new_tokens} new tokens, greedy"
     )
-    print("| backend | seconds (engine start included) | score |")
-    print("| --- | --- | --- |")
+    print("| backend | engine that ran | seconds (engine start included) | score |")
+    print("| --- | --- | --- | --- |")
     for backend, row in results.items():
-        print(f"| {backend} | {row['seconds']:.0f} | {row['score']:.1f} |")
+        print(f"| {backend} | {row['engine']} | {row['seconds']:.0f} | {row['score']:.1f} |")
     print(
-        "| **transformers / vLLM** | "
+        "| **transformers / vLLM** | | "
         f"**{results['transformers']['seconds'] / results['vllm']['seconds']:.1f}x** | |"
     )
     return 0

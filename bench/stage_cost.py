@@ -7,7 +7,10 @@ own. Seconds per demonstration = median optimizer-step seconds / prompts per ste
 excluded (warm-up). TRL is configured like ours: full-vocabulary forward KL (distillation_mode
 full_logits, alpha 0), EMA teacher with rate 0.01 every step, one rollout per prompt, first 3 tokens
 masked, temperature 1, the paper's teacher template, fp32, no gradient checkpointing, same data,
-batch, completion length and learning rate. Prints a Markdown table.
+batch, completion length and learning rate; TRL samples with transformers.generate, and ours runs
+once with that sampler and once with the shipped default (vLLM where installed). TRL runs in an
+environment of its own that the bench creates on first use (`trl_python`: TRL is not a product
+dependency). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -84,14 +87,15 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint_every=10_000,
         lora_rank=args.lora_rank or None,
     )
-    factory = None
-    if args.rollout_backend != "transformers":
-        from app.contracts.rollout_settings import rollout_settings_from_env
-        from workers.rollout.factory import make_backend_factory
+    from app.contracts.rollout_settings import rollout_settings_from_env
+    from workers.rollout.factory import make_backend_factory
 
-        # The worker's own settings (SDFT_ROLLOUT_* variables), as a job would run them.
-        settings = rollout_settings_from_env().with_overrides({"backend": args.rollout_backend})
-        factory = make_backend_factory(settings)
+    # The worker's own settings (SDFT_ROLLOUT_* variables), as a job would run them: the shipped
+    # default engine unless --rollout-backend names one.
+    settings = rollout_settings_from_env()
+    if args.rollout_backend:
+        settings = settings.with_overrides({"backend": args.rollout_backend})
+    factory = make_backend_factory(settings)
     with tempfile.TemporaryDirectory() as out:
         reset_peak_rss()
         run_stage(
@@ -215,11 +219,44 @@ def child_loss(args: argparse.Namespace) -> dict[str, Any]:
     return {"extra_peak_mb": peak_rss_mb() - base, "seconds": time.perf_counter() - started}
 
 
+TRL_VERSION = "1.16.0"
+TRL_ENV = Path.home() / ".cache" / "sdft-bench" / f"trl-{TRL_VERSION}"
+
+
+def trl_python() -> str:
+    """The interpreter of the bench's own TRL environment, created on first use (TRL is not a product
+    dependency). It sees the project environment's packages (same torch and transformers, so both
+    sides run the same kernels) and adds only TRL and `datasets`, which ours does not need."""
+    python = TRL_ENV / "bin" / "python"
+    marker = TRL_ENV / "ready"
+    if marker.is_file():
+        return str(python)
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TRL_ENV)], check=True)
+    project_lib = sysconfig.get_paths()["purelib"]
+    query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    env_lib = Path(subprocess.check_output([str(python), "-c", query], text=True).strip())
+    # addsitedir (not a bare path) so the project's own .pth files, its editable install, apply too.
+    (env_lib / "sdft_project.pth").write_text(f"import site; site.addsitedir({project_lib!r})\n")
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # --no-deps for TRL: its dependencies are the project's (torch, transformers, accelerate) except
+    # `datasets`, installed on its own so pip never puts a second transformers in front of ours.
+    subprocess.run([*pip, "--no-deps", f"trl=={TRL_VERSION}"], check=True)
+    subprocess.run([*pip, "datasets"], check=True)
+    subprocess.run([str(python), "-c", "import trl.experimental.sdft, datasets"], check=True)
+    marker.write_text(TRL_VERSION + "\n")
+    return str(python)
+
+
 def run_child(kind: str, **params: Any) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--child", kind]
+    python = trl_python() if kind == "trl" else sys.executable
+    argv = [python, __file__, "--child", kind]
     for key, value in params.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} {params} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -283,7 +320,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--lora-rank", type=int, default=0)
-    parser.add_argument("--rollout-backend", default="transformers")
+    parser.add_argument(
+        "--rollout-backend", help="ours' rollouts: transformers or vllm (default: the shipped default)"
+    )
     parser.add_argument(
         "--vllm",
         action="store_true",
@@ -296,32 +335,39 @@ def main() -> None:
         return
 
     common = {"steps": args.steps, "batch": args.batch, "new_tokens": args.new_tokens}
+    from app.contracts.rollout_settings import default_engine
+
+    # Ours as shipped (vLLM rollouts where installed) and with transformers.generate, TRL's sampler.
+    backends = [args.rollout_backend] if args.rollout_backend else sorted({default_engine(), "transformers"})
     print(f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32")
     print(
-        "| model | ours SDFT s/demo | ours SFT s/demo | SDFT/SFT | TRL SDFT s/demo | ours/TRL time "
-        "| ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share |"
+        "| model | ours rollouts | ours SDFT s/demo | ours SFT s/demo | SDFT/SFT | TRL SDFT s/demo "
+        "| ours/TRL time | ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             path = model_dir(name, Path(work))
-            sdft = run_child("ours", model_dir=path, method="sdft", **common)
             sft = run_child("ours", model_dir=path, method="sft", **common)
             trl = None if args.skip_trl else run_child("trl", model_dir=path, **common)
-            cells = [
-                name,
-                f"{sdft['s_per_demo']:.3f}",
-                f"{sft['s_per_demo']:.3f}",
-                f"{sdft['s_per_demo'] / sft['s_per_demo']:.2f}",
-                f"{trl['s_per_demo']:.3f}" if trl else "-",
-                f"{sdft['s_per_demo'] / trl['s_per_demo']:.2f}" if trl else "-",
-                f"{sdft['peak_mb']:.0f}",
-                f"{sft['peak_mb']:.0f}",
-                f"{trl['peak_mb']:.0f}" if trl else "-",
-                f"{sdft['peak_mb'] / trl['peak_mb']:.2f}" if trl else "-",
-                f"{sdft['rollout_share']:.0%}",
-            ]
-            print("| " + " | ".join(cells) + " |", flush=True)
+            # vLLM cannot run the tiny model (head size 16): transformers only there.
+            for backend in ["transformers"] if name == "tiny" else backends:
+                sdft = run_child("ours", model_dir=path, method="sdft", rollout_backend=backend, **common)
+                cells = [
+                    name,
+                    backend,
+                    f"{sdft['s_per_demo']:.3f}",
+                    f"{sft['s_per_demo']:.3f}",
+                    f"{sdft['s_per_demo'] / sft['s_per_demo']:.2f}",
+                    f"{trl['s_per_demo']:.3f}" if trl else "-",
+                    f"{sdft['s_per_demo'] / trl['s_per_demo']:.2f}" if trl else "-",
+                    f"{sdft['peak_mb']:.0f}",
+                    f"{sft['peak_mb']:.0f}",
+                    f"{trl['peak_mb']:.0f}" if trl else "-",
+                    f"{sdft['peak_mb'] / trl['peak_mb']:.2f}" if trl else "-",
+                    f"{sdft['rollout_share']:.0%}",
+                ]
+                print("| " + " | ".join(cells) + " |", flush=True)
     if args.vllm:
         vllm_table(args, common)
     print()

@@ -4,11 +4,15 @@ under uvicorn and a real Celery worker training the tiny model: tests/workers/jo
 One flow, as an operator would click it: sign in, upload (a bad file, then good ones), create suites,
 submit a job, watch its progress bar move, read the gate table, promote, lose a compare-and-set race,
 roll back, create a read-only token, sign out; then the read-only token sees no write controls, its
-forged POST is refused, and revoking it signs it out. Every page is photographed into docs/dashboard/."""
+forged POST is refused, and revoking it signs it out. Every page is photographed: into a temporary
+folder, or into docs/dashboard/ with `SDFT_SCREENSHOTS_DIR=docs/dashboard` (a plain test run must not
+rewrite files of the checkout)."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +31,6 @@ from tests.workers.jobs.conftest import TERMINAL, Service, make_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "dashboard"
 
 pytestmark = [
     pytest.mark.ui,
@@ -88,14 +91,15 @@ def browser() -> Iterator[WebDriver]:
 
 
 def shoot(driver: WebDriver, name: str) -> None:
-    """The whole page (the window grows to it), saved as docs/dashboard/<name>.png."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    """The whole page (the window grows to it), saved as <SDFT_SCREENSHOTS_DIR>/<name>.png."""
+    folder = Path(os.environ.get("SDFT_SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "sdft-dashboard")
+    folder.mkdir(parents=True, exist_ok=True)
     # The window's height includes the browser's own bars: add them so the viewport fits the page.
     page, bars = driver.execute_script(
         "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
     )
     driver.set_window_size(WIDTH, min(max(int(page), 600), 3000) + int(bars))
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    driver.save_screenshot(str(folder / f"{name}.png"))
     driver.set_window_size(WIDTH, 900)
 
 

@@ -47,7 +47,7 @@ def cmd_experiment_continual(args: argparse.Namespace) -> int:
     engine = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
     settings["rollout_backend"] = args.rollout_backend or engine
     settings["eval_backend"] = args.eval_backend or engine
-    for key in ("seeds", "label"):
+    for key in ("seeds", "first_seed", "label"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     try:
@@ -104,6 +104,9 @@ def register(sub: Any) -> None:
         help="repeatable; default every recipe but sdft-dense",
     )
     continual.add_argument("--seeds", type=int, help="lineages per recipe (default 3)")
+    continual.add_argument(
+        "--first-seed", type=int, help="seeds run are FIRST_SEED.. (default 0): add seeds to an earlier run"
+    )
     continual.add_argument("--out", default="docs/experiments", help="where the report, plot and JSON go")
     continual.add_argument(
         "--quick", action="store_true", help=f"one skill ({QUICK_SKILL}), one seed, 12 steps"

@@ -15,7 +15,7 @@ from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.bootstrap import alembic_config, ensure_admin_token, ensure_database
+from app.bootstrap import alembic_config, ensure_admin_token, ensure_broker_queues, ensure_database
 from app.jobs import service as jobs
 from app.jobs.states import JobStatus
 from app.settings import Settings
@@ -193,6 +193,23 @@ def test_embedded_bootstrap_creates_the_admin_token_once(tmp_path: Path) -> None
         )
     app.state.engine.dispose()
     assert response.status_code == 422  # authenticated as admin; the path is what is wrong
+
+
+def test_embedded_bootstrap_declares_the_task_queues_before_any_worker(tmp_path: Path) -> None:
+    """Two workers starting together on a fresh SQLite broker both inserted the `gpu` queue row and one
+    died on the unique constraint (CI, 2026-11-30): the queues now exist before a worker starts."""
+    import sqlite3
+
+    from app.queue import TASK_QUEUES
+
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.data_dir.mkdir(parents=True)
+    ensure_broker_queues(settings)
+    ensure_broker_queues(settings)  # every start calls it
+    broker_file = settings.broker_url.removeprefix("sqla+sqlite:///")
+    with sqlite3.connect(broker_file) as connection:
+        names = [row[0] for row in connection.execute("SELECT name FROM kombu_queue")]
+    assert sorted(names) == sorted(set(TASK_QUEUES.values()))
 
 
 def test_settings_derive_from_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

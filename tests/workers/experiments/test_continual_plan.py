@@ -36,3 +36,16 @@ def test_plan_checks_report_every_problem() -> None:
         assert part in message
     plan = ExperimentPlan.quick("format", max_new_tokens={"format": 8})
     assert plan.training_order[-1] == "auto" and plan.seeds == 1
+
+
+def test_a_later_run_adds_seeds_and_skips_a_grid_it_would_not_use() -> None:
+    caps = {"format": 8}
+    later = ExperimentPlan(
+        skills=("format",), seeds=1, first_seed=2, learning_rates=(5e-5,), max_new_tokens=caps
+    )
+    assert list(later.seed_range) == [2] and not later.runs_grid
+    # Several rates: the grid chooses on seed 0 whichever seeds run; seed 0 at one rate: its stage is reused.
+    assert ExperimentPlan(skills=("format",), first_seed=2, max_new_tokens=caps).runs_grid
+    assert ExperimentPlan(skills=("format",), learning_rates=(5e-5,), max_new_tokens=caps).runs_grid
+    with pytest.raises(ValueError, match="first_seed"):
+        ExperimentPlan(skills=("format",), first_seed=-1, max_new_tokens=caps)

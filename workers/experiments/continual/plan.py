@@ -95,6 +95,8 @@ class ExperimentPlan:
     skills: tuple[str, ...]
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     seeds: int = 3
+    # Seeds run are first_seed .. first_seed + seeds - 1: a later run adds seeds to an earlier one.
+    first_seed: int = 0
     # Tried on the first skill with seed 0; the chosen rate serves the recipe's every stage and seed.
     learning_rates: tuple[float, ...] = (5e-5, 1e-4)
     steps_by_skill: Mapping[str, int] = field(
@@ -134,6 +136,8 @@ class ExperimentPlan:
                 )
         if self.seeds < 1:
             problems.append(f"seeds: must be at least 1, got {self.seeds}")
+        if self.first_seed < 0:
+            problems.append(f"first_seed: must be 0 or more, got {self.first_seed}")
         if not self.learning_rates or any(not (lr > 0 and math.isfinite(lr)) for lr in self.learning_rates):
             problems.append("learning_rates: give one or more positive learning rates")
         missing_steps = [skill for skill in self.skills if skill not in self.steps_by_skill]
@@ -152,6 +156,16 @@ class ExperimentPlan:
             )
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def seed_range(self) -> range:
+        return range(self.first_seed, self.first_seed + self.seeds)
+
+    @property
+    def runs_grid(self) -> bool:
+        """The grid trains seed 0 at every rate. With one rate there is nothing to choose, and when
+        seed 0 is not run its stage would serve nothing: a run of later seeds at one rate skips it."""
+        return len(self.learning_rates) > 1 or self.first_seed == 0
 
     @property
     def training_order(self) -> list[str]:

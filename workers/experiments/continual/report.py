@@ -150,7 +150,7 @@ def render_report(raw: Mapping[str, Any], *, plot_name: str | None, raw_name: st
         "## Protocol",
         "",
         f"- Skills in this order, one lineage per recipe and seed: {', '.join(skills)}; "
-        f"seeds: {plan['seeds']}.",
+        f"seeds: {', '.join(str(plan.get('first_seed', 0) + i) for i in range(plan['seeds']))}.",
         f"- Every recipe: {tuning}, "
         f"{plan['batch_size']} prompts per step, steps per stage {steps}, constant learning rate. The rate "
         f"of each recipe is chosen from {', '.join(f'{lr:g}' for lr in plan['learning_rates'])} on the "
@@ -234,7 +234,8 @@ def render_report(raw: Mapping[str, Any], *, plot_name: str | None, raw_name: st
         out += [f"### `{name}`", "", *_matrix(lineages, skills, raw), ""]
     out += ["## How each stage learned", "", *_stage_table(recipes), ""]
     out += ["## Method choice (`auto`) and teacher readiness", "", *_readiness_table(recipes), ""]
-    out += ["## Learning-rate grid (first skill, seed 0)", "", *_grid_table(raw), ""]
+    grid = _grid_table(raw) if raw["grid"] else ["Not run: one rate given, and seed 0 is not in this run."]
+    out += ["## Learning-rate grid (first skill, seed 0)", "", *grid, ""]
     out += ["## Gate verdicts", "", *_gate_table(recipes), ""]
     return "\n".join(out).rstrip() + "\n"
 

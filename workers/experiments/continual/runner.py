@@ -91,16 +91,16 @@ class Material:
             skills[name] = SkillMaterial(
                 name=name,
                 demonstrations=data.demonstrations(),
-                test=_with_cap(data.suite("test"), cap),
-                validation=_with_cap(data.suite("validation"), cap),
+                test=capped_suite(data.suite("test"), cap),
+                validation=capped_suite(data.suite("validation"), cap),
                 grader=data.grader,
                 grader_options=dict(data.grader_options),
                 max_prompt_tokens=data.max_prompt_tokens,
             )
         return cls(
             skills,
-            _with_cap(GENERAL_SUITE.suite(), GENERAL_CAP),
-            _with_cap(GENERAL_VALIDATION_SUITE.suite(), GENERAL_CAP),
+            capped_suite(GENERAL_SUITE.suite(), GENERAL_CAP),
+            capped_suite(GENERAL_VALIDATION_SUITE.suite(), GENERAL_CAP),
             GENERAL_CHOICE_SUITE.suite(),
         )
 
@@ -116,7 +116,7 @@ class Material:
         return [list(item.messages()) for suite in suites for item in suite.items]
 
 
-def _with_cap(suite: EvalSuite, tokens: int) -> EvalSuite:
+def capped_suite(suite: EvalSuite, tokens: int) -> EvalSuite:
     """The suite with its generation length capped at the plan's length for that skill."""
     decoding = suite.meta.decoding.model_copy(
         update={"max_new_tokens": min(tokens, suite.meta.decoding.max_new_tokens)}
@@ -321,6 +321,9 @@ class ContinualExperiment:
         for recipe in self.plan.training_order:
             if recipe == "auto":
                 continue
+            if not self.plan.runs_grid:
+                self.chosen_rates[recipe] = self.plan.learning_rates[0]
+                continue
             trials = []
             for rate in self.plan.learning_rates:
                 config = self.stage_config(recipe, skill, 0, rate, RECIPES[recipe].method)
@@ -462,7 +465,7 @@ class ContinualExperiment:
             self.base_dir, [*self.material.test_suites(), *self.material.validation_suites()]
         )
         self.run_grid()
-        for seed in range(self.plan.seeds):
+        for seed in self.plan.seed_range:
             for recipe in self.plan.training_order:
                 self.lineages.append(self.run_lineage(recipe, seed))
                 self.write()
