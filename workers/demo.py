@@ -24,16 +24,13 @@ from app.examples import DEMO_STAGES, GENERAL_CHOICE_SUITE, SKILLS, load_text
 from app.settings import Settings
 from workers.local_service import DEFAULT_ALIAS, bootstrap, start_worker, stop_worker
 
-# The service's defaults: method auto (the readiness probe decides), full fine-tuning, the schedule,
-# rollout length and retention settings `auto` resolves. Set: the step count, so both skills fit a
-# 2-core CPU in minutes (16 steps of 4 prompts are 8 passes over the 8 facts), and the learning rate
-# 5e-5, half `auto`'s 1e-4 for the retention methods: on 8 rows at 1e-4 the general suite lost 6
-# answers net (12 flipped down, 6 up), at 5e-5 the facts are still learned.
+# The service's defaults: method auto (the readiness probe decides), full fine-tuning, the learning
+# rate, schedule, rollout length and retention settings `auto` resolves. Set: the step count, so both
+# skills fit a 2-core CPU in minutes (16 steps of 4 prompts are 8 passes over the 8 facts).
 DEMO_HYPERPARAMETERS: dict[str, Any] = {
     "max_steps": 16,
     "batch_size": 4,
     "micro_batch_size": 4,
-    "learning_rate": 5e-5,
 }
 # General knowledge is gated on the 80 general questions as choices scored by likelihood: at 135M
 # a greedy answer flips with any change to the weights (about ten of 80 each way, docs/experiments),

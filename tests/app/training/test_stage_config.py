@@ -33,6 +33,7 @@ def test_auto_scales_to_the_dataset() -> None:
     big = resolve(StageConfig(), 1000)
     assert (big.batch_size, big.epochs, big.max_steps, big.warmup_steps) == (32, 2.0, 63, 6)
     assert resolve(StageConfig(max_steps=300), 1000).warmup_steps == 10
+    assert resolve(StageConfig(method="sft_retain"), 40).learning_rate == 5e-5  # every full-FT method
     lora = resolve(StageConfig(lora_rank=8), 100)
     assert lora.learning_rate == 2e-4 and lora.lora_alpha == 16.0
     assert big.diagnostics_every == 7 and facts.retention_batch_size == 8
