@@ -6,7 +6,7 @@ Measures:
 
 1. tokens/s of one batch of sampled rollouts (`--prompts` prompts, one sample each, temperature 1,
    up to `--max-new-tokens`), transformers backend (fp32 live student, as the trainer runs it on
-   CPU) and vLLM (`--vllm-dtype`, default bf16), interleaved `--repeats` times; the best run of
+   CPU) and vLLM (`--vllm-dtype`, default auto as shipped), interleaved `--repeats` times; the best run of
    each counts. On a shared machine each measurement first waits (bounded) for the other processes
    to go quiet, and a run during which they kept over 10% of the CPUs busy is repeated; the share
    they took is recorded with every figure. tokens = generated tokens that the trainer keeps (up
@@ -221,7 +221,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["float32", "bfloat16"],
         help="float32 is what the trainer's transformers backend runs on CPU",
     )
-    p.add_argument("--vllm-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument(
+        "--vllm-dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="auto, as shipped: bfloat16 where the hardware computes it natively, else float32",
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.2)
     p.add_argument("--repeats", type=int, default=2, help="interleaved throughput runs per backend")
     p.add_argument("--agree-tokens", type=int, default=8)
@@ -278,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 engine = VllmEngineBackend(args.model, settings)
                 vllm_greedy = [row[0] for row in engine.generate(prompts, greedy)]
             seconds, out, others = timed_generate(engine, prompts, sampled)
-            runs["vllm"].append(throughput("vllm", args.vllm_dtype, seconds, out, others))
+            dtype = str(engine.engine_dtype).removeprefix("torch.")  # what "auto" resolved to
+            runs["vllm"].append(throughput("vllm", dtype, seconds, out, others))
             _print_run(runs["vllm"][-1], repeat)
     finally:
         if engine is not None:
