@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
@@ -115,7 +115,18 @@ def submit_form(driver: WebDriver, button: str) -> None:
     """Click a form's button and wait for the next page."""
     old = css(driver, "html")
     css(driver, button).click()
-    wait(driver).until(EC.staleness_of(old))
+    wait(driver).until(lambda _: replaced(old))
+
+
+def replaced(element: Any) -> bool:
+    """Whether the element's document is gone. Chromium sometimes answers a query on a node of the
+    replaced document with an inspector error ("Node with given id does not belong to the
+    document", CI 2026-12-01) instead of a stale-element error: both mean the page changed."""
+    try:
+        element.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException included
+        return True
+    return False
 
 
 def upload(

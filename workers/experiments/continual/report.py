@@ -419,6 +419,8 @@ def plot_frontier(raw: Mapping[str, Any], path: Path) -> None:
             textcoords="offset points",
         )
     left.set_title(f"{raw['plan']['skills'][0]}, seed 0: each learning rate")
+    if not raw["grid"]:
+        left.text(0.5, 0.5, "no grid in this run", ha="center", va="center", transform=left.transAxes)
     skills = raw["plan"]["skills"]
     for name, lineages in by_recipe(raw).items():
         xs, ys = [], []
