@@ -78,3 +78,11 @@ def ensure_admin_token(settings: Settings) -> Path:
     finally:
         engine.dispose()
     return path
+
+
+def ensure_embedded(settings: Settings) -> Path:
+    """Everything the embedded default needs before its API or a worker starts: the schema, the
+    broker's queues and the admin token (whose path it returns)."""
+    ensure_database(settings)
+    ensure_broker_queues(settings)
+    return ensure_admin_token(settings)

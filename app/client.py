@@ -166,14 +166,12 @@ def _print(value: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.bootstrap import ensure_admin_token, ensure_broker_queues, ensure_database
+    from app.bootstrap import ensure_embedded
     from app.settings import get_settings
 
     settings = get_settings()
     if settings.is_sqlite:  # the embedded default sets itself up; production runs migrations separately
-        ensure_database(settings)
-        ensure_broker_queues(settings)
-        print(f"admin token: {ensure_admin_token(settings)}", file=sys.stderr)
+        print(f"admin token: {ensure_embedded(settings)}", file=sys.stderr)
     workers = args.api_workers or settings.api_workers
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, workers=workers)
     return 0

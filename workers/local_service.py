@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.bootstrap import ensure_admin_token, ensure_broker_queues, ensure_database
+from app.bootstrap import ensure_embedded
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.registry import service as registry
 from app.registry.aliases import service as aliases
@@ -35,9 +35,7 @@ def bootstrap(settings: Settings, base_dir: Path | None = None) -> Bootstrapped:
     from workers.models.smollm2 import DEFAULT_NAME, import_default
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_database(settings)
-    ensure_broker_queues(settings)
-    token_path = ensure_admin_token(settings)
+    token_path = ensure_embedded(settings)
     model_dir = base_dir or import_default(settings.data_dir / "models" / DEFAULT_NAME)
     engine = make_engine(settings.database_url)
     try:
