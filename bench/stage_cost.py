@@ -4,13 +4,14 @@
 
 Each configuration runs in its own subprocess so its peak memory (VmHWM, peak resident set) is its
 own. Seconds per demonstration = median optimizer-step seconds / prompts per step, first step
-excluded (warm-up). TRL is configured like ours: full-vocabulary forward KL (distillation_mode
-full_logits, alpha 0), EMA teacher with rate 0.01 every step, one rollout per prompt, first 3 tokens
-masked, temperature 1, the paper's teacher template, fp32, no gradient checkpointing, same data,
-batch, completion length and learning rate; TRL samples with transformers.generate, and ours runs
-once with that sampler and once with the shipped default (vLLM where installed). TRL runs in an
-environment of its own that the bench creates on first use (`trl_python`: TRL is not a product
-dependency). Prints a Markdown table.
+excluded (warm-up), without ours' learning probe (its seconds per measurement are a column of their
+own: a product stage measures it every eighth of its steps, this short one after every step). TRL is
+configured like ours: full-vocabulary forward KL (distillation_mode full_logits, alpha 0), EMA
+teacher with rate 0.01 every step, one rollout per prompt, first 3 tokens masked, temperature 1, the
+paper's teacher template, fp32, no gradient checkpointing, same data, batch, completion length and
+learning rate; TRL samples with transformers.generate, and ours runs once with that sampler and once
+with the shipped default (vLLM where installed). TRL runs in an environment of its own that the
+bench creates on first use (`trl_python`: TRL is not a product dependency). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -106,11 +107,16 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
             on_step=seen.append,
             backend_factory=factory,
         )
-    steps = [m.seconds for m in seen[1:]] or [m.seconds for m in seen]
-    rollout = [m.rollout_seconds for m in seen[1:]] or [m.rollout_seconds for m in seen]
+    timed = seen[1:] or seen
+    # Training alone: the learning probe (measured after every step of so short a stage, every
+    # eighth of a product stage) is reported apart; TRL has none.
+    steps = [m.seconds - (m.probe_seconds or 0.0) for m in timed]
+    rollout = [m.rollout_seconds for m in timed]
+    probes = [m.probe_seconds for m in timed if m.probe_seconds is not None]
     return {
         "s_per_demo": statistics.median(steps) / args.batch,
         "rollout_share": statistics.median(rollout) / statistics.median(steps),
+        "probe_s": statistics.median(probes) if probes else 0.0,
         "peak_mb": peak_rss_mb(),
         "completion_tokens": statistics.mean(m.rollout_tokens_mean for m in seen),
     }
@@ -342,9 +348,10 @@ def main() -> None:
     print(f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32")
     print(
         "| model | ours rollouts | ours SDFT s/demo | ours SFT s/demo | SDFT/SFT | TRL SDFT s/demo "
-        "| ours/TRL time | ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share |"
+        "| ours/TRL time | ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share "
+        "| probe s (SDFT / SFT) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             path = model_dir(name, Path(work))
@@ -366,6 +373,7 @@ def main() -> None:
                     f"{trl['peak_mb']:.0f}" if trl else "-",
                     f"{sdft['peak_mb'] / trl['peak_mb']:.2f}" if trl else "-",
                     f"{sdft['rollout_share']:.0%}",
+                    f"{sdft['probe_s']:.2f} / {sft['probe_s']:.2f}",
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
     if args.vllm:

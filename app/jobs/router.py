@@ -140,6 +140,7 @@ METRICS_CSV_COLUMNS = (
     "probe_nll",
     "probe_score",
     "probe_baseline",
+    "probe_seconds",
     "learning_stalled",
 )
 METRICS_MEDIA_TYPES = {MetricsFormat.JSONL: "application/jsonl", MetricsFormat.CSV: "text/csv; charset=utf-8"}

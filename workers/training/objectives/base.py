@@ -174,6 +174,18 @@ SequenceWeights = Callable[[Tensor, PackedBatch, Tensor], Tensor | None]  # (stu
 TokenLossFor = Callable[[Tensor, Tensor], TokenLoss]  # (kept positions [N], target ids [N]) -> TokenLoss
 
 
+def micro_batches(widths: Sequence[int], size: int) -> list[list[int]]:
+    """Row indices in micro-batches of at most `size`, rows of similar width together.
+
+    A micro-batch pads every row to its widest; a step's gradient is the same sum whatever the
+    grouping, so grouping by width only removes padding (long tool-use prompts beside short ones).
+    """
+    if size < 1:
+        raise ValueError(f"micro-batch size must be >= 1, got {size}")
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
 def step_total(counts: Sequence[int], normalization: str) -> int:
     """The denominator a term divides by over a whole step: its sequences, or its counted tokens."""
     return max(1, len(counts) if normalization == "sequence" else sum(counts))
@@ -230,9 +242,9 @@ def supervised_term(
     result = TermResult()
     targets = [e.demonstration_ids for e in examples]
     total = step_total([len(t) for t in targets], ctx.config.loss_normalization)
-    size = ctx.config.micro_batch_size
-    for start in range(0, len(examples), size):
-        micro = examples[start : start + size]
+    widths = [len(e.student_prompt_ids) + len(e.demonstration_ids) for e in examples]
+    for rows in micro_batches(widths, ctx.config.micro_batch_size):
+        micro = [examples[i] for i in rows]
         loss, contributions, _ = backward_micro_batch(
             ctx,
             [e.student_prompt_ids for e in micro],
@@ -307,10 +319,10 @@ class OnPolicyDistillation:
         result = TermResult(rollout_seconds=seconds)
         counted = [max(0, len(c.token_ids) - self.skip_first) for c in completions]
         total = step_total(counted, self.ctx.config.loss_normalization)
-        size = self.ctx.config.micro_batch_size
-        for start in range(0, len(completions), size):
+        widths = [len(p.student_ids) + len(c.token_ids) for p, c in zip(expanded, completions, strict=True)]
+        for rows in micro_batches(widths, self.ctx.config.micro_batch_size):
             loss, contributions, seq_w = self._micro(
-                expanded[start : start + size], completions[start : start + size], total, weight
+                [expanded[i] for i in rows], [completions[i] for i in rows], total, weight
             )
             result.loss += loss
             result.contributions.append(contributions)
