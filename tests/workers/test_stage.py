@@ -301,7 +301,7 @@ PINNED_LOSSES = [4.1417, 4.037, 8.969, 8.4608]  # sdft step 1, 2; sft step 1, 2
 
 
 def test_micro_batches_group_rows_of_similar_width() -> None:
-    from workers.training.objectives.base import micro_batches
+    from workers.models.forward import micro_batches
 
     widths = [30, 5, 12, 40, 6, 31, 11]
     groups = micro_batches(widths, 3)

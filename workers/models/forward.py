@@ -60,6 +60,19 @@ def pack(
     )
 
 
+def micro_batches(widths: Sequence[int], size: int) -> list[list[int]]:
+    """Row indices in batches of at most `size`, rows of similar width together.
+
+    `pack` pads every row of a batch to its widest, so grouping by width removes padding (long
+    tool-use prompts beside short ones); a training step's gradient is the same sum whatever the
+    grouping, and scores come back per row.
+    """
+    if size < 1:
+        raise ValueError(f"micro-batch size must be >= 1, got {size}")
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
 def completion_hidden(hidden_BLH: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """Hidden states that predict the completion tokens: [B, T, H]."""
     width = batch.completion_ids.shape[1]
@@ -139,13 +152,12 @@ def continuation_logprobs(
     """
     if len(prompts) != len(continuations):
         raise ValueError("need one continuation per prompt")
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+    widths = [len(p) + len(c) for p, c in zip(prompts, continuations, strict=True)]
     scores: list[list[float]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in micro_batches(widths, batch_size):
             batch = pack(
                 [prompts[i] for i in rows], [continuations[i] for i in rows], pad_token_id, placement.device
             )

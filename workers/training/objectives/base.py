@@ -31,6 +31,7 @@ from workers.models.forward import (
     completion_hidden,
     head_weight,
     hidden_states,
+    micro_batches,
     pack,
     sampled_token_logprobs,
 )
@@ -172,18 +173,6 @@ class _RecordingTokenLoss:
 
 SequenceWeights = Callable[[Tensor, PackedBatch, Tensor], Tensor | None]  # (student_h, batch, mask) -> [B]
 TokenLossFor = Callable[[Tensor, Tensor], TokenLoss]  # (kept positions [N], target ids [N]) -> TokenLoss
-
-
-def micro_batches(widths: Sequence[int], size: int) -> list[list[int]]:
-    """Row indices in micro-batches of at most `size`, rows of similar width together.
-
-    A micro-batch pads every row to its widest; a step's gradient is the same sum whatever the
-    grouping, so grouping by width only removes padding (long tool-use prompts beside short ones).
-    """
-    if size < 1:
-        raise ValueError(f"micro-batch size must be >= 1, got {size}")
-    order = sorted(range(len(widths)), key=lambda i: widths[i])
-    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def step_total(counts: Sequence[int], normalization: str) -> int:
