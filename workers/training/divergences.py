@@ -102,8 +102,8 @@ class _ForwardKLFromLogits(torch.autograd.Function):
 
     The paper's default loss on every chunk of every step: five passes over the n×V chunk, reusing
     buffers, where the same math through autograd takes about fifteen, each a fresh n×V allocation
-    (on CPU most of the head's time went there, not into its matmuls). Rows with a -inf logit give a
-    non-finite value here and are recomputed by the general path (`token_divergence`).
+    (on CPU most of the head's time went there, not into its matmuls). A -inf logit gives a
+    non-finite value here, and `token_divergence` then recomputes the whole chunk by the general path.
     """
 
     @staticmethod
