@@ -2,6 +2,10 @@
 
     python bench/stage_cost.py [--models tiny,smollm2] [--steps 4] [--batch 8] [--new-tokens 48] [--vllm]
 
+"SDFT/SFT FLOPs" is the ratio the matrix multiplies alone would give for this run's token counts
+(`step_flops`): the floor under SDFT/SFT for this workload, which rises with rollouts longer than the
+demonstrations and with the teacher's longer prompt.
+
 Each configuration runs in its own subprocess so its peak memory (VmHWM, peak resident set) is its
 own. Seconds per demonstration = median optimizer-step seconds / prompts per step, first step
 excluded (warm-up), without ours' learning probe (its seconds per measurement are a column of their
@@ -40,6 +44,44 @@ QUESTIONS = [
         "The tallest mountain on Pellis Island is Mount Arven.",
     ),
 ]
+
+
+def step_flops(
+    trunk_macs: float,
+    head_macs: float,
+    prompt_tokens: float,
+    completion_tokens: float,
+    teacher_prompt_tokens: float | None = None,
+) -> float:
+    """Matrix-multiply FLOPs of one row of a training step, the floor any implementation pays.
+
+    `trunk_macs`/`head_macs`: multiply-adds per token of the decoder's linear layers and of the LM head
+    (attention's quadratic term is left out: under 3% at these lengths). A backward pass costs two
+    forwards (input and weight gradients). SFT (`teacher_prompt_tokens` None): forward and backward
+    over prompt + demonstration, head on the demonstration. SDFT: the rollout's decode (each token
+    once, a head row per sampled token), the student's forward and backward over prompt + rollout,
+    the teacher's forward over its own prompt + rollout, and the importance pass's head rows.
+    """
+    sequence = prompt_tokens + completion_tokens
+    if teacher_prompt_tokens is None:
+        return 2 * 3 * (sequence * trunk_macs + completion_tokens * head_macs)
+    rollout = sequence * trunk_macs + completion_tokens * head_macs
+    student = 3 * (sequence * trunk_macs + completion_tokens * head_macs)
+    teacher = (teacher_prompt_tokens + completion_tokens) * trunk_macs + completion_tokens * head_macs
+    importance = completion_tokens * head_macs
+    return 2 * (rollout + student + teacher + importance)
+
+
+def linear_macs(model_dir: Path) -> tuple[float, float]:
+    """(decoder linear layers, LM head) multiply-adds per token, from the model's config."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v projections
+    mlp = 3 * hidden * int(config["intermediate_size"])  # gate, up, down
+    return float(layers * (attention + mlp)), float(hidden * int(config["vocab_size"]))
 
 
 def peak_rss_mb() -> float:
@@ -107,6 +149,11 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
             on_step=seen.append,
             backend_factory=factory,
         )
+    from workers.models.loading import load_tokenizer
+    from workers.training.prompts import prepare_examples
+
+    tokenizer = load_tokenizer(args.model_dir)
+    examples = prepare_examples(rows, tokenizer, config, int(tokenizer.eos_token_id))
     timed = seen[1:] or seen
     # Training alone: the learning probe (measured after every step of so short a stage, every
     # eighth of a product stage) is reported apart; TRL has none.
@@ -119,6 +166,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         "probe_s": statistics.median(probes) if probes else 0.0,
         "peak_mb": peak_rss_mb(),
         "completion_tokens": statistics.mean(m.rollout_tokens_mean for m in seen),
+        "prompt_tokens": statistics.mean(len(e.student_prompt_ids) for e in examples),
+        "teacher_prompt_tokens": statistics.mean(len(e.teacher_prompt_ids) for e in examples),
     }
 
 
@@ -349,17 +398,26 @@ def main() -> None:
     print(
         "| model | ours rollouts | ours SDFT s/demo | ours SFT s/demo | SDFT/SFT | TRL SDFT s/demo "
         "| ours/TRL time | ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share "
-        "| probe s (SDFT / SFT) |"
+        "| probe s (SDFT / SFT) | tokens: prompt / teacher prompt / demo / rollout | SDFT/SFT FLOPs |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             path = model_dir(name, Path(work))
+            trunk_macs, head_macs = linear_macs(path)
             sft = run_child("ours", model_dir=path, method="sft", **common)
+            sft_flops = step_flops(trunk_macs, head_macs, sft["prompt_tokens"], sft["completion_tokens"])
             trl = None if args.skip_trl else run_child("trl", model_dir=path, **common)
             # vLLM cannot run the tiny model (head size 16): transformers only there.
             for backend in ["transformers"] if name == "tiny" else backends:
                 sdft = run_child("ours", model_dir=path, method="sdft", rollout_backend=backend, **common)
+                sdft_flops = step_flops(
+                    trunk_macs,
+                    head_macs,
+                    sdft["prompt_tokens"],
+                    sdft["completion_tokens"],
+                    sdft["teacher_prompt_tokens"],
+                )
                 cells = [
                     name,
                     backend,
@@ -374,6 +432,9 @@ def main() -> None:
                     f"{sdft['peak_mb'] / trl['peak_mb']:.2f}" if trl else "-",
                     f"{sdft['rollout_share']:.0%}",
                     f"{sdft['probe_s']:.2f} / {sft['probe_s']:.2f}",
+                    f"{sft['prompt_tokens']:.0f} / {sdft['teacher_prompt_tokens']:.0f} / "
+                    f"{sft['completion_tokens']:.1f} / {sdft['completion_tokens']:.1f}",
+                    f"{sdft_flops / sft_flops:.2f}",
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
     if args.vllm:
