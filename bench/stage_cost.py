@@ -60,7 +60,8 @@ def step_flops(
     forwards (input and weight gradients). SFT (`teacher_prompt_tokens` None): forward and backward
     over prompt + demonstration, head on the demonstration. SDFT: the rollout's decode (each token
     once, a head row per sampled token), the student's forward and backward over prompt + rollout,
-    the teacher's forward over its own prompt + rollout, and the importance pass's head rows.
+    the teacher's forward over its own prompt + rollout, and the importance pass's head rows (which
+    only an inexact sampler such as vLLM needs; counted for both samplers, under 1% of the total).
     """
     sequence = prompt_tokens + completion_tokens
     if teacher_prompt_tokens is None:
