@@ -1,0 +1,56 @@
+"""Resident memory of the colocated vLLM engine in a trainer's process, step by step.
+
+    python bench/engine_memory.py
+
+Loads SmolLM2 as a stage's student would (the peer: what a trainer holds without an engine), builds
+the engine a full fine-tuning stage builds (8 sequences of 97 tokens, the shipped settings), syncs
+the student's weights into it twice, then asks glibc to hand freed heap pages back (malloc_trim), to
+tell memory the engine holds from memory the allocator keeps. Prints RSS and anonymous RSS per point.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+
+
+def resident_mb() -> tuple[float, float]:
+    status = Path("/proc/self/status").read_text()
+    rss, anon = (int(re.search(rf"{key}:\s+(\d+)", status).group(1)) / 1024 for key in ("VmRSS", "RssAnon"))  # type: ignore[union-attr]
+    return rss, anon
+
+
+def main() -> None:
+    rows = [("python", *resident_mb())]
+    from app.contracts.rollout_settings import rollout_settings_from_env
+    from workers.models.loading import load_model
+    from workers.models.placement import default_placement
+    from workers.models.smollm2 import import_default
+    from workers.rollout.base import RolloutShape
+    from workers.rollout.vllm_engine import VllmEngineBackend, import_vllm
+
+    model_dir = import_default()
+    import_vllm()
+    rows.append(("torch, transformers and vLLM imported", *resident_mb()))
+    student = load_model(model_dir, default_placement("cpu"))
+    rows.append(("student loaded (the peer)", *resident_mb()))
+    engine = VllmEngineBackend(
+        model_dir, rollout_settings_from_env(), student=student, shape=RolloutShape(8, 97)
+    )
+    rows.append(("engine built", *resident_mb()))
+    for step in (0, 1):
+        engine.sync_weights(step)
+        rows.append((f"weights synced (step {step})", *resident_mb()))
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    rows.append(("after malloc_trim(0)", *resident_mb()))
+    engine.close()
+    print("| point | RSS MB | anonymous RSS MB | anonymous vs student loaded |")
+    print("|---|---|---|---|")
+    peer = rows[2][2]
+    for label, rss, anon in rows:
+        print(f"| {label} | {rss:.0f} | {anon:.0f} | {anon - peer:+.0f} |")
+
+
+if __name__ == "__main__":
+    main()
