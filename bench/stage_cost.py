@@ -12,10 +12,13 @@ excluded (warm-up), without ours' learning probe (its seconds per measurement ar
 own: a product stage measures it every eighth of its steps, this short one after every step). TRL is
 configured like ours: full-vocabulary forward KL (distillation_mode full_logits, alpha 0), EMA
 teacher with rate 0.01 every step, one rollout per prompt, first 3 tokens masked, temperature 1, the
-paper's teacher template, fp32, no gradient checkpointing, same data, batch, completion length and
-learning rate; TRL samples with transformers.generate, and ours runs once with that sampler and once
+paper's teacher template, fp32, gradient checkpointing as `--gradient-checkpointing` says for both
+(off by default), same data, batch, completion length and learning rate; TRL samples with
+transformers.generate, and ours runs once with that sampler and once
 with the shipped default (vLLM where installed). TRL runs in an environment of its own that the
 bench creates on first use (`trl_python`: TRL is not a product dependency). Prints a Markdown table.
+An allocator setting such as `MALLOC_MMAP_THRESHOLD_=1048576` in the environment applies to every
+child alike, ours and TRL.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
         warmup_steps=0,
         checkpoint_every=10_000,
         lora_rank=args.lora_rank or None,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
     )
     from app.contracts.rollout_settings import rollout_settings_from_env
     from workers.rollout.factory import make_backend_factory
@@ -218,7 +222,7 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
             num_loss_tokens_to_skip=3,
             teacher_prompt_template=template,
             temperature=1.0,
-            gradient_checkpointing=False,
+            gradient_checkpointing=bool(args.gradient_checkpointing),
             bf16=False,
             use_cpu=True,
             report_to=[],
@@ -377,6 +381,13 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--lora-rank", type=int, default=0)
     parser.add_argument(
+        "--gradient-checkpointing",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="1: recompute activations in backward, ours and TRL alike (the memory lever)",
+    )
+    parser.add_argument(
         "--rollout-backend", help="ours' rollouts: transformers or vllm (default: the shipped default)"
     )
     parser.add_argument(
@@ -390,12 +401,23 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    common = {"steps": args.steps, "batch": args.batch, "new_tokens": args.new_tokens}
+    common = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
     from app.contracts.rollout_settings import default_engine
 
     # Ours as shipped (vLLM rollouts where installed) and with transformers.generate, TRL's sampler.
     backends = [args.rollout_backend] if args.rollout_backend else sorted({default_engine(), "transformers"})
-    print(f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32")
+    # The allocator setting applies to every child alike (they inherit the environment).
+    allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
+    print(
+        f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"MALLOC_MMAP_THRESHOLD_={allocator}"
+    )
     print(
         "| model | ours rollouts | ours SDFT s/demo | ours SFT s/demo | SDFT/SFT | TRL SDFT s/demo "
         "| ours/TRL time | ours SDFT peak MB | SFT peak MB | TRL peak MB | ours/TRL memory | rollout share "

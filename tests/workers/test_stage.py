@@ -334,3 +334,23 @@ def test_a_step_does_not_depend_on_how_it_is_split_into_micro_batches(
     for size in (3, 4):
         assert seen[size].loss == pytest.approx(seen[1].loss, rel=1e-5)
         assert seen[size].grad_norm == pytest.approx(seen[1].grad_norm, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["sft", "sdft"])
+def test_gradient_checkpointing_trains_the_same_model(
+    tiny_model_dir: Path, tiny_rows: list, tmp_path: Path, method: str
+) -> None:
+    """The memory lever recomputes activations in backward; it must not change what is learned."""
+    results = {}
+    for checkpointing in (False, True):
+        config = StageConfig(method=method, max_steps=2, gradient_checkpointing=checkpointing, **FAST)  # type: ignore[arg-type]
+        results[checkpointing] = run_stage(
+            base_dir=tiny_model_dir, rows=tiny_rows, config=config, out_dir=tmp_path / str(checkpointing)
+        )
+    plain, recomputed = results[False], results[True]
+    assert plain.last_metrics is not None and recomputed.last_metrics is not None
+    assert recomputed.last_metrics.loss == pytest.approx(plain.last_metrics.loss, rel=1e-5)
+    assert recomputed.last_metrics.grad_norm == pytest.approx(plain.last_metrics.grad_norm, rel=1e-4)
+    before, after = _weights(plain.model_dir), _weights(recomputed.model_dir)
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, rtol=1e-5, atol=1e-6)
