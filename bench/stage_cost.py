@@ -14,9 +14,9 @@ configured like ours: full-vocabulary forward KL (distillation_mode full_logits,
 teacher with rate 0.01 every step, one rollout per prompt, first 3 tokens masked, temperature 1, the
 paper's teacher template, fp32, gradient checkpointing as `--gradient-checkpointing` says for both
 (off by default), same data, batch, completion length and learning rate; TRL samples with
-transformers.generate, and ours runs once with that sampler and once
-with the shipped default (vLLM where installed). TRL runs in an environment of its own that the
-bench creates on first use (`trl_python`: TRL is not a product dependency). Prints a Markdown table.
+transformers.generate, and ours runs once with that sampler and once with the shipped default (vLLM
+where installed). TRL runs in an environment of its own that the bench creates on first use
+(`trl_python`: TRL is not a product dependency). Prints a Markdown table.
 An allocator setting such as `MALLOC_MMAP_THRESHOLD_=1048576` in the environment applies to every
 child alike, ours and TRL.
 """
@@ -411,7 +411,6 @@ def main() -> None:
 
     # Ours as shipped (vLLM rollouts where installed) and with transformers.generate, TRL's sampler.
     backends = [args.rollout_backend] if args.rollout_backend else sorted({default_engine(), "transformers"})
-    # The allocator setting applies to every child alike (they inherit the environment).
     allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
     print(
         f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32, "

@@ -87,7 +87,8 @@ class StageConfig(BaseModel):
     adam_eps: float = Field(default=1e-8, gt=0.0, le=1.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6)
     # Recompute activations in backward: one more student forward per micro-batch for ~280-370 MB less
-    # peak on SmolLM2 (docs/benchmarks.md, "Memory levers"); same weights learned. Off: time first.
+    # peak on SmolLM2 (docs/benchmarks.md, "Memory levers"); same weights learned; off by default
+    # because the recomputation costs time.
     gradient_checkpointing: bool = False
 
     # LoRA (null rank = full fine-tuning).
