@@ -3,9 +3,11 @@
     python bench/engine_memory.py
 
 Loads SmolLM2 as a stage's student would (the peer: what a trainer holds without an engine), builds
-the engine a full fine-tuning stage builds (8 sequences of 97 tokens, the shipped settings), syncs
-the student's weights into it twice, then asks glibc to hand freed heap pages back (malloc_trim), to
-tell memory the engine holds from memory the allocator keeps. Prints RSS and anonymous RSS per point.
+the engine a full fine-tuning stage builds (8 sequences of 97 tokens, the shipped settings), then
+runs two steps' worth of engine work: sync the student's weights, sample the batch (after which a CPU
+engine releases its weights until the next sync). After each point glibc is asked to hand freed heap
+pages back (malloc_trim), so the figures are memory held, not memory the allocator keeps. Prints
+RSS and anonymous RSS per point.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def main() -> None:
     from workers.models.loading import load_model
     from workers.models.placement import default_placement
     from workers.models.smollm2 import import_default
-    from workers.rollout.base import RolloutShape
+    from workers.rollout.base import RolloutShape, SamplingParams
     from workers.rollout.vllm_engine import VllmEngineBackend, import_vllm
 
     model_dir = import_default()
@@ -38,12 +40,18 @@ def main() -> None:
     engine = VllmEngineBackend(
         model_dir, rollout_settings_from_env(), student=student, shape=RolloutShape(8, 97)
     )
+    trim = ctypes.CDLL("libc.so.6").malloc_trim
+    trim(0)
     rows.append(("engine built", *resident_mb()))
+    prompts = [[1, *range(100, 140)]] * 8  # 8 prompts of 41 tokens, like the stage's
     for step in (0, 1):
         engine.sync_weights(step)
+        trim(0)
         rows.append((f"weights synced (step {step})", *resident_mb()))
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    rows.append(("after malloc_trim(0)", *resident_mb()))
+        engine.generate(prompts, SamplingParams(max_new_tokens=56, temperature=1.0, seed=step))
+        trim(0)
+        released = "weights released" if engine.releases_weights else "weights kept"
+        rows.append((f"batch sampled (step {step}, {released})", *resident_mb()))
     engine.close()
     print("| point | RSS MB | anonymous RSS MB | anonymous vs student loaded |")
     print("|---|---|---|---|")

@@ -22,6 +22,13 @@ call) makes the engine serve the student's current weights:
 
 After every sync the prefix cache is reset. With `enable_sleep_mode` (CUDA only) the engine sleeps
 after each `generate` and wakes for the next sync/generate, so the optimizer step gets the memory.
+On CPU, where vLLM has no sleep mode, an engine whose every rollout follows a full reload (mode
+"weights", `sync_every=1`) releases its weights after each `generate` instead: the packed GEMM
+buffers the CPU backend computes from them, and the storage of the tensors the sync refills (the
+embedding). The trainer's backward and optimizer step, the stage's peak, then run without the
+engine's copy of the model (SmolLM2 in bf16: ~350 MB), and the next sync, which rewrites every
+weight anyway, rebuilds them at no extra cost. A `generate` with no sync in between re-syncs from
+the student first, as after a level-2 sleep on CUDA.
 
 On CPU the KV cache holds what the caller says it will ask for at once (`RolloutShape`: the batch
 and its longest prompt + new tokens), not a share of the machine's RAM, and the engine's
@@ -232,6 +239,42 @@ def _repack_lm_heads(worker: Any) -> int:
     return count
 
 
+def _released_linear(*args: Any) -> Any:
+    raise RuntimeError("the vLLM engine's weights were released after the last rollout; sync them first")
+
+
+def _release_cpu_weights(worker: Any, names: Sequence[str]) -> dict[str, int]:
+    """Free the engine's weights between rollouts (CPU only); returns the bytes of each freed storage.
+
+    Linear layers keep their weights only inside the GEMM handler the CPU backend packed them into:
+    dropping the handler frees them, and the next reload re-runs the packing. The other tensors the
+    sync refills (`names`, checkpoint names: the embedding, the norms) keep their shape with their
+    storage resized to zero, so the reload's in-place copy finds them once `_restore_cpu_weights`
+    has resized them back. Tensors the sync does not refill stay as they are.
+    """
+    model = worker.model_runner.get_model()
+    for module in model.modules():
+        if hasattr(module, "cpu_linear"):
+            module.cpu_linear = _released_linear
+    params = dict(model.named_parameters())
+    sizes: dict[str, int] = {}
+    for name in names:
+        param = params.get(name)
+        storage = None if param is None else param.untyped_storage()
+        if storage is not None and storage.nbytes() > 0:  # a tied tensor's storage is freed once
+            sizes[name] = storage.nbytes()
+            storage.resize_(0)
+    return sizes
+
+
+def _restore_cpu_weights(worker: Any, sizes: Mapping[str, int]) -> None:
+    """Give the storages `_release_cpu_weights` freed their size back (contents undefined until the
+    reload that follows overwrites them)."""
+    params = dict(worker.model_runner.get_model().named_parameters())
+    for name, size in sizes.items():
+        params[name].untyped_storage().resize_(size)
+
+
 def _finish(reason: str | None) -> str:
     if reason in ("stop", "length"):
         return reason
@@ -289,6 +332,8 @@ class VllmEngineBackend:
         self.engine_dtype = _DTYPES[dtype]
         # Level 2 drops the weights while asleep: only right when every wake-up reloads them all.
         self.sleep_level = 2 if self.mode == "weights" and settings.sync_every == 1 else 1
+        # The CPU counterpart of a level-2 sleep (see the module docstring).
+        self.releases_weights = not is_cuda and self.mode == "weights" and settings.sync_every == 1
         vllm = import_vllm()
         self._vllm = vllm
         kwargs: dict[str, Any] = {
@@ -350,6 +395,7 @@ class VllmEngineBackend:
         self._synced_step: int | None = None
         self._asleep: set[str] = set()  # the engine memory tags ("weights", "kv_cache") now asleep
         self._weights_dropped = False
+        self._released_sizes: dict[str, int] = {}  # storages `_release_cpu_weights` freed
         self.syncs = 0  # how many times weights were pushed (tests and benchmarks read it)
 
     def _first_token(self) -> None:
@@ -372,6 +418,9 @@ class VllmEngineBackend:
         if not due:
             return
         self._wake(["weights"])
+        if self._released_sizes:
+            self.llm.collective_rpc(_restore_cpu_weights, kwargs={"sizes": self._released_sizes})
+            self._released_sizes = {}
         if self.mode == "adapter":
             self._sync_adapter(step)
         else:
@@ -400,22 +449,27 @@ class VllmEngineBackend:
         if previous_dir is not None:
             shutil.rmtree(previous_dir, ignore_errors=True)
 
+    def _checkpoint_sizes(self) -> list[tuple[str, int]]:
+        """The (checkpoint name, element count) of every tensor a sync pushes, in model order."""
+        assert self.student is not None
+        if isinstance(self.student, PeftModel):
+            return [
+                (n.replace(".base_layer.", "."), p.numel())
+                for n, p in self.student.get_base_model().named_parameters()
+                if ".lora_" not in n
+            ]
+        return [(n, p.numel()) for n, p in self.student.named_parameters()]
+
     def _weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The student's tensors (LoRA merged) in the engine's dtype and device, in model order, with
         one chunk of at most `sync_chunk_bytes` converted at a time."""
         assert self.student is not None
         if isinstance(self.student, PeftModel):
-            base = self.student.get_base_model()
-            names = [
-                (n.replace(".base_layer.", "."), p.numel())
-                for n, p in base.named_parameters()
-                if ".lora_" not in n
-            ]
             source = merged_lora_weights(self.student)
         else:
-            names = [(n, p.numel()) for n, p in self.student.named_parameters()]
             source = ((n, p.detach()) for n, p in self.student.named_parameters())
         size = torch.finfo(self.engine_dtype).bits // 8
+        names = self._checkpoint_sizes()
         for chunk in plan_weight_chunks([(n, numel * size) for n, numel in names], self.sync_chunk_bytes):
             converted = []
             for expected in chunk:
@@ -447,6 +501,11 @@ class VllmEngineBackend:
             self.llm.sleep(level=self.sleep_level)  # also clears the prefix cache
             self._asleep = {"weights", "kv_cache"}
             self._weights_dropped = self.sleep_level == 2
+        # Only weights a sync put there: the base weights before the first sync cannot be re-synced.
+        elif self.releases_weights and self._synced_step is not None and not self._weights_dropped:
+            names = [name for name, _ in self._checkpoint_sizes()]
+            (self._released_sizes,) = self.llm.collective_rpc(_release_cpu_weights, kwargs={"names": names})
+            self._weights_dropped = True
 
     # -- generation ----------------------------------------------------------------------------
 

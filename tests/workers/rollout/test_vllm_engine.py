@@ -511,6 +511,46 @@ def test_full_fine_tuning_sync_serves_the_updated_weights(
     assert json.loads((tmp_path / "final" / "meta.json").read_text())["rollout_engine"] == "vllm"
 
 
+def _engine_holds(worker: Any) -> tuple[int, int]:
+    """(linear layers whose packed weights were released, bytes of the engine's parameter storage)."""
+    from workers.rollout.vllm_engine import _released_linear
+
+    model = worker.model_runner.get_model()
+    released = sum(getattr(m, "cpu_linear", None) is _released_linear for m in model.modules())
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return released, sum(storages.values())
+
+
+@pytest.mark.vllm
+def test_a_cpu_engine_releases_its_weights_between_rollouts(
+    engines: OneEngine, vllm_model_dir: Path, prompts: list[list[int]]
+) -> None:
+    """Full fine-tuning, sync every step: after each rollout the engine holds neither its packed linear
+    layers nor the embedding; the next sync serves exactly what it served before the release, and a
+    rollout with no sync in between re-syncs from the student first."""
+    student = load_model(vllm_model_dir, default_placement("cpu"))
+    engine = engines.open("full-release", student=student)
+    assert engine.releases_weights
+    held_before = engine.llm.collective_rpc(_engine_holds)[0][1]
+    engine.sync_weights(0)
+    first = engine.generate(prompts, GREEDY)
+    released, held = engine.llm.collective_rpc(_engine_holds)[0]
+    assert released > 0 and held < held_before / 2
+    engine.sync_weights(1)
+    assert engine.llm.collective_rpc(_engine_holds)[0] == (0, held_before)
+    assert engine.generate(prompts, GREEDY) == first
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in student.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+    moved = engine.generate(prompts, GREEDY)  # no sync: the released engine re-syncs first
+    assert engine.syncs == 3
+    assert _ids(moved) == _ids(_hf(student).generate(prompts, GREEDY)) != _ids(first)
+    static = engines.static()  # an evaluation engine serves its directory and never releases it
+    static.generate(prompts, GREEDY)
+    assert not static.releases_weights and static.llm.collective_rpc(_engine_holds)[0][0] == 0
+
+
 @pytest.mark.vllm
 def test_sync_every_k_steps_skips_the_steps_between(engines: OneEngine, vllm_model_dir: Path) -> None:
     student = load_model(vllm_model_dir, default_placement("cpu"))
