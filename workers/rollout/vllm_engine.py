@@ -330,10 +330,11 @@ class VllmEngineBackend:
             )
         dtype = settings.engine_dtype(native_bf16=is_cuda or cpu_has_native_bf16())
         self.engine_dtype = _DTYPES[dtype]
-        # Level 2 drops the weights while asleep: only right when every wake-up reloads them all.
-        self.sleep_level = 2 if self.mode == "weights" and settings.sync_every == 1 else 1
-        # The CPU counterpart of a level-2 sleep (see the module docstring).
-        self.releases_weights = not is_cuda and self.mode == "weights" and settings.sync_every == 1
+        # Dropping the weights after a rollout (a level-2 sleep on CUDA, a release on CPU, see the
+        # module docstring) is only right when every rollout follows a reload of them all.
+        reloads_all = self.mode == "weights" and settings.sync_every == 1
+        self.sleep_level = 2 if reloads_all else 1
+        self.releases_weights = reloads_all and not is_cuda
         vllm = import_vllm()
         self._vllm = vllm
         kwargs: dict[str, Any] = {
