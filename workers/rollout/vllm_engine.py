@@ -275,6 +275,20 @@ def _restore_cpu_weights(worker: Any, sizes: Mapping[str, int]) -> None:
         params[name].untyped_storage().resize_(size)
 
 
+def count_ranks_eagerly() -> None:
+    """Make vLLM's sampler count the sampled token's rank without torch.compile (CPU only).
+
+    vLLM compiles that count, one comparison and a sum per row, with inductor on the first request
+    for log-probabilities, which every rollout asks for: 3-11 s of a process's first `generate`
+    on CPU (a C++ build; ~3 s when inductor's on-disk cache already holds it) for an op that takes
+    microseconds eagerly. The compile saves a copy of the logits on GPUs, which keep the default.
+    """
+    from vllm.v1.sample import sampler
+
+    compiled = sampler.batched_count_greater_than
+    sampler.batched_count_greater_than = getattr(compiled, "_torchdynamo_orig_callable", compiled)
+
+
 def _finish(reason: str | None) -> str:
     if reason in ("stop", "length"):
         return reason
@@ -337,6 +351,8 @@ class VllmEngineBackend:
         self.releases_weights = reloads_all and not is_cuda
         vllm = import_vllm()
         self._vllm = vllm
+        if not is_cuda:
+            count_ranks_eagerly()
         kwargs: dict[str, Any] = {
             "model": str(model_dir),
             "dtype": dtype,

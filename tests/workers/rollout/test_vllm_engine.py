@@ -379,6 +379,20 @@ def test_too_long_prompts_name_the_setting(engines: OneEngine) -> None:
 
 
 @pytest.mark.vllm
+def test_a_cpu_engine_samples_without_compiling(engines: OneEngine, prompts: list[list[int]]) -> None:
+    """vLLM would inductor-compile its rank count on the first log-probability request: seconds of
+    a C++ build per process on CPU (`count_ranks_eagerly`)."""
+    from torch._dynamo.utils import counters
+
+    engine = engines.static()
+    torch._dynamo.reset()  # forget what earlier tests compiled, so a compile would show here
+    frames = counters["frames"]["total"]
+    result = engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=1.0, seed=3))
+    assert all(len(c.logprobs) == len(c.token_ids) > 0 for row in result for c in row)
+    assert counters["frames"]["total"] == frames
+
+
+@pytest.mark.vllm
 def test_closing_the_engine_hands_torch_threads_back(engines: OneEngine) -> None:
     engines.static()
     engines.close()
