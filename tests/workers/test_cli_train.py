@@ -20,9 +20,11 @@ def test_train_writes_a_model_and_reports_progress(
     config = tmp_path / "stage.yaml"
     config.write_text("method: sdft\nbatch_size: 2\nmax_new_tokens: 8\ncheckpoint_every: 1\n")
     code = main(["train", "--data", str(data), "--base", str(tiny_model_dir), "--out", str(tmp_path / "out"),
-                 "--max-steps", "2", "--lora", "--config", str(config)])  # fmt: skip
+                 "--max-steps", "2", "--lora", "--config", str(config),
+                 "--backend", "transformers"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert "rollouts: transformers" in captured.out
     assert "kl=" in captured.err and "rollout_len=" in captured.err and "2/2" in captured.err
     assert f"model: {tmp_path / 'out' / 'final'}" in captured.out
     meta = json.loads((tmp_path / "out" / "final" / "meta.json").read_text())
@@ -65,3 +67,17 @@ def test_a_teacher_prompt_that_does_not_fit_is_a_data_error(
                  "--config", str(config)])  # fmt: skip
     assert code == 2
     assert "data: line 1: demonstration: the teacher prompt is" in capsys.readouterr().err
+
+
+def test_an_unusable_rollout_setting_is_reported_with_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SDFT_ROLLOUT_BACKEND", "carrier-pigeon")
+    data = tmp_path / "demos.jsonl"
+    data.write_text('{"prompt": "ok", "demonstration": "ok"}\n')
+    missing = str(tmp_path / "missing")
+    code = main(["train", "--data", str(data), "--base", missing, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "2 problem(s), nothing was run" in err
+    assert "SDFT_ROLLOUT_BACKEND:" in err and "base:" in err

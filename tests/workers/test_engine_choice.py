@@ -39,6 +39,8 @@ def test_vllm_is_the_default_engine_where_it_is_installed() -> None:
     assert engine == ("vllm" if importlib.util.find_spec("vllm") is not None else "transformers")
     assert RolloutSettings().backend == engine and Settings().eval_backend == engine
     assert build_parser().parse_args(["eval", "--model", "m", "--suite", "s"]).backend == engine
+    # `sdft train` takes the worker's rollout settings, whose engine is the same default.
+    assert build_parser().parse_args(["train", "--data", "d", "--base", "b", "--out", "o"]).backend is None
 
 
 @pytest.mark.parametrize(("method", "engine"), [("sdft", "transformers"), ("sft", "none")])

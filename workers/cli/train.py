@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
 from app.training.stage_config import METHODS
 from workers.cli.common import report_problems
 
@@ -24,11 +25,31 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+def _rollout_settings(backend: str | None, problems: list[str]) -> RolloutSettings | None:
+    """The worker's rollout settings (`SDFT_ROLLOUT_*`), with `--backend` over their engine."""
+    from pydantic import ValidationError
+
+    from workers.evaluation.engine import vllm_unavailable_reason
+
+    try:
+        settings = rollout_settings_from_env()
+    except ValidationError as exc:
+        problems += [f"SDFT_ROLLOUT_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()]
+        return None
+    if backend is not None:
+        settings = settings.with_overrides({"backend": backend})
+    reason = vllm_unavailable_reason() if backend == "vllm" else None
+    if reason:
+        problems.append(f"backend: {reason}")
+    return settings
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from app.contracts.demonstrations import DatasetError, load_demonstrations
     from app.training.stage_config import ConfigError, StageConfig, parse_stage_config
 
     problems: list[str] = []
+    rollout = _rollout_settings(args.backend, problems)
     raw: dict[str, Any] = {}
     if args.config:
         try:
@@ -55,10 +76,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         problems.append(f"data: {exc}")
     if not Path(args.base, "config.json").is_file():
         problems.append(f"base: {args.base} is not a model directory (no config.json)")
-    if problems or config is None:
+    if problems or config is None or rollout is None:
         return report_problems(problems)
 
     from app.training.retention_pool import build_retention_pool
+    from workers.rollout.factory import make_backend_factory
     from workers.training.loop import ResumeMismatch, StageCancelled, StageInputs, run_stage
     from workers.training.method_choice import stage_method
     from workers.training.progress import ProgressBar
@@ -77,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             rows=rows,
             config=config,
             out_dir=args.out,
+            backend_factory=make_backend_factory(rollout),
             on_step=bar.update,
             inputs=StageInputs(retention_prompts=pool, probe_grader=args.grader),
         )
@@ -87,8 +110,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.close()
         return report_problems([str(exc)])
     bar.close()
+    engine = json.loads((result.model_dir / "meta.json").read_text())["rollout_engine"]
     print(
-        f"model: {result.model_dir}\nmethod: {config.method}\nsha256: {result.sha256}\nsteps: {result.steps}"
+        f"model: {result.model_dir}\nmethod: {config.method}\nsha256: {result.sha256}\n"
+        f"steps: {result.steps}\nrollouts: {engine}"
     )
     return 0
 
@@ -106,5 +131,11 @@ def register(sub: Any) -> None:
     )
     train.add_argument("--lora", action="store_true", help="train a LoRA adapter (rank 16 unless configured)")
     train.add_argument("--max-steps", type=int)
+    train.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        help="rollout engine (default: SDFT_ROLLOUT_BACKEND, else vllm where installed; transformers if "
+        "its engine does not start)",
+    )
     train.add_argument("--config", help="JSON or YAML file of stage settings (keys of StageConfig)")
     train.set_defaults(func=cmd_train)

@@ -95,3 +95,24 @@ def test_evaluation_on_the_default_settings_runs_vllm_and_agrees_with_transforme
     assert (ours.engine, ours.results[0].meta["engine"]) == ("vllm", "vllm")
     assert (theirs.engine, theirs.results[0].meta["engine"]) == ("transformers", "transformers")
     assert [r.output for r in ours.results[0].records] == [r.output for r in theirs.results[0].records]
+
+
+@pytest.mark.vllm
+def test_sdft_train_samples_its_rollouts_with_vllm_by_default(
+    vllm_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workers.cli import main
+
+    monkeypatch.delenv("SDFT_ROLLOUT_BACKEND", raising=False)
+    data = tmp_path / "demos.jsonl"
+    rows = [{"prompt": f"Say {w}.", "demonstration": w} for w in ["yes", "no"]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = tmp_path / "stage.json"
+    config.write_text(json.dumps({"method": "sdft", "batch_size": 2, "max_new_tokens": 6, "probe_rows": 0}))
+    out = tmp_path / "out"
+    code = main(["train", "--data", str(data), "--base", str(vllm_model_dir), "--out", str(out),
+                 "--max-steps", "1", "--config", str(config)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "rollouts: vllm" in captured.out
+    assert json.loads((out / "final" / "meta.json").read_text())["rollout_engine"] == "vllm"
