@@ -69,10 +69,21 @@ def test_a_teacher_prompt_that_does_not_fit_is_a_data_error(
     assert "data: line 1: demonstration: the teacher prompt is" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("backend", "named"),
+    [
+        ("carrier-pigeon", "SDFT_ROLLOUT_BACKEND:"),
+        ("vllm-server", "SDFT_ROLLOUT_*: Value error, backend 'vllm-server' needs server_url"),
+    ],
+)
 def test_an_unusable_rollout_setting_is_reported_with_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    backend: str,
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("SDFT_ROLLOUT_BACKEND", "carrier-pigeon")
+    monkeypatch.setenv("SDFT_ROLLOUT_BACKEND", backend)
     data = tmp_path / "demos.jsonl"
     data.write_text('{"prompt": "ok", "demonstration": "ok"}\n')
     missing = str(tmp_path / "missing")
@@ -80,4 +91,4 @@ def test_an_unusable_rollout_setting_is_reported_with_the_rest(
     err = capsys.readouterr().err
     assert code == 2
     assert "2 problem(s), nothing was run" in err
-    assert "SDFT_ROLLOUT_BACKEND:" in err and "base:" in err
+    assert named in err and "base:" in err

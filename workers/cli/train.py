@@ -33,11 +33,14 @@ def _rollout_settings(backend: str | None, problems: list[str]) -> RolloutSettin
 
     try:
         settings = rollout_settings_from_env()
+        if backend is not None:
+            settings = settings.with_overrides({"backend": backend})
     except ValidationError as exc:
-        problems += [f"SDFT_ROLLOUT_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()]
+        # A field's error names its variable; a rule across fields (loc empty) names them all.
+        problems += [
+            f"SDFT_ROLLOUT_{str(e['loc'][0]).upper() if e['loc'] else '*'}: {e['msg']}" for e in exc.errors()
+        ]
         return None
-    if backend is not None:
-        settings = settings.with_overrides({"backend": backend})
     reason = vllm_unavailable_reason() if backend == "vllm" else None
     if reason:
         problems.append(f"backend: {reason}")
