@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -92,3 +93,21 @@ def test_an_unusable_rollout_setting_is_reported_with_the_rest(
     assert code == 2
     assert "2 problem(s), nothing was run" in err
     assert named in err and "base:" in err
+
+
+def test_vllm_asked_for_where_it_is_not_installed_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a)
+    )
+    data = tmp_path / "demos.jsonl"
+    data.write_text('{"prompt": "ok", "demonstration": "ok"}\n')
+    missing = str(tmp_path / "missing")
+    code = main(
+        ["train", "--data", str(data), "--base", missing, "--out", str(tmp_path / "o"), "--backend", "vllm"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "backend: vLLM is not installed; install vLLM" in err

@@ -12,3 +12,12 @@ def report_problems(problems: list[str]) -> int:
     for p in problems:
         print(f"  {p}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def backend_problems(backend: str | None) -> list[str]:
+    """`--backend vllm` where vLLM cannot run: the problem, with how to fix it (`sdft train`, `eval`,
+    `gate`)."""
+    from workers.evaluation.engine import vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason() if backend == "vllm" else None
+    return [f"backend: {reason}"] if reason else []

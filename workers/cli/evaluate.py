@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.contracts.rollout_settings import default_engine
-from workers.cli.common import report_problems
+from workers.cli.common import backend_problems, report_problems
 
 EVAL_SUITES_HELP = (
     "suite JSONL (repeatable); metadata from FILE.meta.json when present, else --grader and the file name"
@@ -17,12 +17,7 @@ EVAL_SUITES_HELP = (
 
 def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
     """Checks `sdft eval` and `sdft gate` share: backend available, batch size, JSON output folder."""
-    from workers.evaluation.engine import vllm_unavailable_reason
-
-    problems = []
-    reason = vllm_unavailable_reason() if args.backend == "vllm" else None
-    if reason:
-        problems.append(f"backend: {reason}")
+    problems = backend_problems(args.backend)
     if args.batch_size < 1:
         problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
     if args.json and not Path(args.json).resolve().parent.is_dir():

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
 from app.training.stage_config import METHODS
-from workers.cli.common import report_problems
+from workers.cli.common import backend_problems, report_problems
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -29,8 +29,6 @@ def _rollout_settings(backend: str | None, problems: list[str]) -> RolloutSettin
     """The worker's rollout settings (`SDFT_ROLLOUT_*`), with `--backend` over their engine."""
     from pydantic import ValidationError
 
-    from workers.evaluation.engine import vllm_unavailable_reason
-
     try:
         settings = rollout_settings_from_env()
         if backend is not None:
@@ -41,9 +39,7 @@ def _rollout_settings(backend: str | None, problems: list[str]) -> RolloutSettin
             f"SDFT_ROLLOUT_{str(e['loc'][0]).upper() if e['loc'] else '*'}: {e['msg']}" for e in exc.errors()
         ]
         return None
-    reason = vllm_unavailable_reason() if backend == "vllm" else None
-    if reason:
-        problems.append(f"backend: {reason}")
+    problems += backend_problems(backend)
     return settings
 
 
