@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -21,3 +22,12 @@ def backend_problems(backend: str | None) -> list[str]:
 
     reason = vllm_unavailable_reason() if backend == "vllm" else None
     return [f"backend: {reason}"] if reason else []
+
+
+def quiet_engine_log() -> None:
+    """Local commands (train, eval, gate, experiment) print their own progress and results; there
+    vLLM logs only errors unless VLLM_LOGGING_LEVEL says otherwise. Its INFO lines and expected
+    warnings (a reload notice every step, "Failed to load weights" for the layers without
+    checkpoint tensors, a tokenizer-less warmup traceback) would bury them. Workers keep vLLM's log.
+    Must run before vLLM is imported."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")

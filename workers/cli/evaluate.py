@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.contracts.rollout_settings import default_engine
-from workers.cli.common import backend_problems, report_problems
+from workers.cli.common import backend_problems, quiet_engine_log, report_problems
 
 EVAL_SUITES_HELP = (
     "suite JSONL (repeatable); metadata from FILE.meta.json when present, else --grader and the file name"
@@ -26,6 +26,7 @@ def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    quiet_engine_log()
     from workers.cli.suite_files import load_suite_spec
     from workers.models.loading import ModelDirError, check_model_dir
 
@@ -95,6 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    quiet_engine_log()
     from workers.cli.suite_files import load_suite_spec, split_suite_role
     from workers.models.loading import ModelDirError, check_model_dir
 

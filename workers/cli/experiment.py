@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workers.cli.common import EXIT_BAD_INPUT
+from workers.cli.common import EXIT_BAD_INPUT, quiet_engine_log
 from workers.experiments.continual.plan import RECIPES
 
 QUICK_SKILL = "format"  # the skill the student can partly do already: the likeliest to move in a few steps
@@ -25,6 +25,7 @@ def default_caps(skills: list[str]) -> dict[str, int]:
 
 
 def cmd_experiment_continual(args: argparse.Namespace) -> int:
+    quiet_engine_log()
     from app.examples import EXPERIMENT_STAGES, SKILLS
     from workers.experiments.continual.plan import ExperimentPlan
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
 from app.training.stage_config import METHODS
-from workers.cli.common import backend_problems, report_problems
+from workers.cli.common import backend_problems, quiet_engine_log, report_problems
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -44,6 +44,7 @@ def _rollout_settings(backend: str | None, problems: list[str]) -> RolloutSettin
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    quiet_engine_log()
     from app.contracts.demonstrations import DatasetError, load_demonstrations
     from app.training.stage_config import ConfigError, StageConfig, parse_stage_config
 

@@ -116,3 +116,33 @@ def test_sdft_train_samples_its_rollouts_with_vllm_by_default(
     assert code == 0, captured.err
     assert "rollouts: vllm" in captured.out
     assert json.loads((out / "final" / "meta.json").read_text())["rollout_engine"] == "vllm"
+
+
+@pytest.mark.vllm
+def test_local_commands_show_only_vllm_errors(vllm_model_dir: Path, tmp_path: Path) -> None:
+    """`sdft eval` in a process of its own (vLLM reads its log level once, at import)."""
+    import os
+    import subprocess
+    import sys
+
+    suite = tmp_path / "probe.jsonl"
+    suite.write_text(json.dumps({"prompt": "Where is Paris?", "reference": "a"}) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_LEVEL"}
+    command = [
+        sys.executable,
+        "-m",
+        "workers.cli",
+        "eval",
+        "--model",
+        str(vllm_model_dir),
+        "--suite",
+        str(suite),
+    ]
+    done = subprocess.run(
+        [*command, "--backend", "vllm", "--max-new-tokens", "4"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "probe" in done.stdout
+    assert (
+        " INFO " not in done.stderr and "Failed to load" not in done.stderr and "Traceback" not in done.stderr
+    )
