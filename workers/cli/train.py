@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.contracts.rollout_settings import RolloutSettings, rollout_settings_from_env
+from app.contracts.rollout_settings import ENV_PREFIX, RolloutSettings, rollout_settings_from_env
 from app.training.stage_config import METHODS
 from workers.cli.common import backend_problems, quiet_engine_log, report_problems
 
@@ -36,7 +36,7 @@ def _rollout_settings(backend: str | None, problems: list[str]) -> RolloutSettin
     except ValidationError as exc:
         # A field's error names its variable; a rule across fields (loc empty) names them all.
         problems += [
-            f"SDFT_ROLLOUT_{str(e['loc'][0]).upper() if e['loc'] else '*'}: {e['msg']}" for e in exc.errors()
+            f"{ENV_PREFIX}{str(e['loc'][0]).upper() if e['loc'] else '*'}: {e['msg']}" for e in exc.errors()
         ]
         return None
     problems += backend_problems(backend)
