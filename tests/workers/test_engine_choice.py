@@ -34,13 +34,19 @@ def _suite_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_vllm_is_the_default_engine_where_it_is_installed() -> None:
+def test_vllm_is_the_default_engine_where_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.cli.train import _rollout_settings
+
+    monkeypatch.delenv("SDFT_ROLLOUT_BACKEND", raising=False)
     engine = default_engine()
     assert engine == ("vllm" if importlib.util.find_spec("vllm") is not None else "transformers")
     assert RolloutSettings().backend == engine and Settings().eval_backend == engine
     assert build_parser().parse_args(["eval", "--model", "m", "--suite", "s"]).backend == engine
     # `sdft train` takes the worker's rollout settings, whose engine is the same default.
-    assert build_parser().parse_args(["train", "--data", "d", "--base", "b", "--out", "o"]).backend is None
+    train_args = build_parser().parse_args(["train", "--data", "d", "--base", "b", "--out", "o"])
+    problems: list[str] = []
+    settings = _rollout_settings(train_args.backend, problems)
+    assert settings is not None and settings.backend == engine and problems == []
 
 
 @pytest.mark.parametrize(("method", "engine"), [("sdft", "transformers"), ("sft", "none")])

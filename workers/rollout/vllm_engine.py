@@ -279,9 +279,10 @@ def count_ranks_eagerly() -> None:
     """Make vLLM's sampler count the sampled token's rank without torch.compile (CPU only).
 
     vLLM compiles that count, one comparison and a sum per row, with inductor on the first request
-    for log-probabilities, which every rollout asks for: 3-11 s of a process's first `generate`
-    on CPU (a C++ build; ~3 s when inductor's on-disk cache already holds it) for an op that takes
-    microseconds eagerly. The compile saves a copy of the logits on GPUs, which keep the default.
+    for log-probabilities, which every rollout asks for: +9.7 s on a process's first `generate` on
+    CPU (a C++ build), +2.7 s when inductor's on-disk cache already holds it (`bench/engine_start.py`),
+    for an op that takes microseconds eagerly. The compile saves a copy of the logits on GPUs, which
+    keep the default.
     """
     from vllm.v1.sample import sampler
 
