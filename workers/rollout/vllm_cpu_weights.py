@@ -104,7 +104,9 @@ def plan_packed_sync(worker: Any, checkpoint: Sequence[tuple[str, int]]) -> str 
     covered = [part for target in targets for part in target.parts]
     if len(covered) != len(set(covered)) or set(covered) != set(sizes):
         extra = sorted(set(sizes) - set(covered))
-        return f"the engine has no weight for the student's {extra[0]}" if extra else "a tensor fills two"
+        if extra:
+            return f"the engine has no weight for the student's {extra[0]}"
+        return "a student tensor would fill two engine weights"
     setattr(worker, _PLAN_ATTRIBUTE, {part: target for target in targets for part in target.parts})
     return None
 
