@@ -1,4 +1,5 @@
-"""Rollouts from an in-process (colocated) vLLM engine. The only module that imports vllm.
+"""Rollouts from an in-process (colocated) vLLM engine. The module that imports vllm (besides the
+functions of `vllm_cpu_weights`, which run inside the engine's worker).
 
 vllm is imported lazily, when an engine is built: importing this module needs only torch and peft,
 and without vLLM installed the error names the package to install (`vllm` on CUDA machines,
