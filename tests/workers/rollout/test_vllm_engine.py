@@ -607,7 +607,7 @@ def test_a_packing_sync_is_planned_only_when_the_student_fills_every_engine_weig
     engine = engines.open("plan", student=load_model(vllm_model_dir, default_placement("cpu")))
     checkpoint = engine._checkpoint_sizes()
 
-    def plan(sizes: list[tuple[str, int]]) -> str | None:
+    def plan(sizes: list[tuple[str, int]]) -> str:
         return str(engine.llm.collective_rpc(plan_packed_sync, kwargs={"checkpoint": sizes})[0])
 
     assert engine.weight_sync == "pack" and plan(checkpoint) == "None"
