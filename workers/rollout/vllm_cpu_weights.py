@@ -11,8 +11,8 @@ straight into the backend's packing: a fused layer (q/k/v, gate/up, as the model
 student's own tensor, and the embedding and norms are copied in place. vLLM's layer-wise
 `reload_weights` reaches the same packed buffers through a converted copy of every tensor, each
 layer's parameters rebuilt and its loaders run: on SmolLM2 in fp32 the packing sync served
-bitwise the same rollouts in about a third of the time (0.17–0.21 s against 0.45–0.53 s per sync,
-warm; `docs/benchmarks.md`). It is used only for the architectures whose vLLM loader copies
+bitwise the same rollouts in about a third of the time (0.27 s against 0.79 s per sync with full
+fine-tuning, `bench/engine_sync.py`). It is used only for the architectures whose vLLM loader copies
 checkpoint tensors without transforming them (`PACKABLE_ARCHITECTURES`) and when the plan covers
 every engine weight; otherwise the engine keeps `reload_weights`.
 """
