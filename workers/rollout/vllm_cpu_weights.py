@@ -112,20 +112,18 @@ def plan_packed_sync(worker: Any, checkpoint: Sequence[tuple[str, int]]) -> str 
 
 
 @torch.no_grad()
-def pack_cpu_weights(worker: Any, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> int:
+def pack_cpu_weights(worker: Any, weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> None:
     """Sync by the plan `plan_packed_sync` kept: `weights` (checkpoint name, tensor), in model
     order, are gathered per engine parameter; a complete linear weight is packed by the backend's
     own post-processing, any other parameter copied in place (and its module post-processed again
-    where the backend packs it too). The engine keeps no reference to a student tensor. Returns how
-    many parameters were written. A separate LM head tied to the embedding needs `repack_lm_heads`
-    after, as a reload does."""
+    where the backend packs it too). The engine keeps no reference to a student tensor. A separate
+    LM head tied to the embedding needs `repack_lm_heads` after, as a reload does."""
     plan: Mapping[str, PackTarget] = getattr(worker, _PLAN_ATTRIBUTE)
     model = worker.model_runner.get_model()
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
     pending: dict[str, dict[str, torch.Tensor]] = {}
     copied: set[str] = set()  # modules with a parameter copied in place
-    written = 0
     for name, tensor in weights:
         target = plan[name]
         arrived = pending.setdefault(target.param, {})
@@ -150,14 +148,12 @@ def pack_cpu_weights(worker: Any, weights: Iterable[tuple[str, torch.Tensor]], d
             else:
                 param.copy_((ordered[0] if len(ordered) == 1 else torch.cat(ordered)).view_as(param))
             copied.add(target.module)
-        written += 1
     if pending:
         raise RuntimeError(f"the sync left {sorted(pending)[:3]} incomplete")
     # A module the backend also packs (an embedding that serves as the LM head) is packed again.
     for name in copied:
         if hasattr(modules[name], "cpu_linear"):
             modules[name].quant_method.process_weights_after_loading(modules[name])
-    return written
 
 
 def released_linear(*args: Any) -> Any:
