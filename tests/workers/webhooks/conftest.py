@@ -25,6 +25,7 @@ from tests.app.api.conftest import (  # noqa: F401  (fixtures, shared with the A
     training_file,
     writer,
 )
+from tests.workers.webhooks.broker import broker_messages
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,11 @@ def endpoints(client: TestClient, admin: dict[str, str]) -> Iterator[list[str]]:
     yield created
     for endpoint_id in created:
         client.delete(f"/v1/webhooks/{endpoint_id}", headers=admin)
+
+
+@pytest.fixture(autouse=True)
+def no_waiting_tasks(request: pytest.FixtureRequest) -> None:
+    """A test on the broker starts with no task waiting there: one that failed midway leaves none for
+    the next to find."""
+    if "backend" in request.fixturenames:
+        broker_messages(request.getfixturevalue("backend"))

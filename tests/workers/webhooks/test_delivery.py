@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from kombu import Connection
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -32,6 +31,7 @@ from app.settings import Settings
 from app.webhooks import service as webhooks
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.app.api.conftest import unique
+from tests.workers.webhooks.broker import broker_messages
 from tests.workers.webhooks.receiver import receiving
 from workers.webhooks import RetryPolicy, deliver, resend_lost_deliveries
 
@@ -43,6 +43,8 @@ FAST = RetryPolicy(
     timeout_seconds=5.0,
     allow_private=True,
 )
+# The sweep's grace period in its test: time passing is simulated (`age`), never waited for.
+GRACE_SECONDS = 60.0
 
 
 def subscribe(
@@ -57,18 +59,6 @@ def subscribe(
     assert response.status_code == 201, response.text
     endpoints.append(response.json()["id"])
     return dict(response.json())
-
-
-def broker_messages(settings: Settings) -> list[dict[str, Any]]:
-    """Every waiting message of the default queue, consumed: task, args and eta."""
-    found = []
-    with Connection(settings.broker_url) as connection:
-        channel = connection.default_channel
-        channel.queue_declare(queue="default", durable=True, auto_delete=False)
-        while (message := channel.basic_get("default", no_ack=True)) is not None:
-            args, _kwargs, _embed = json.loads(message.body)
-            found.append({"task": message.headers["task"], "args": args, "eta": message.headers.get("eta")})
-    return found
 
 
 def deliver_queued(app: FastAPI, settings: Settings, policy: RetryPolicy = FAST) -> list[str]:
@@ -109,6 +99,29 @@ def row(db: sessionmaker[Session], delivery_id: str) -> WebhookDelivery:
         found = session.get(WebhookDelivery, delivery_id)
         assert found is not None
         return found
+
+
+def make_due(db: sessionmaker[Session], delivery_id: str) -> None:
+    """The clock reaching a delivery's next attempt, without waiting for it."""
+    with db.begin() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(next_attempt_at=time.time())
+        )
+
+
+def age(db: sessionmaker[Session], delivery_id: str, seconds: float) -> None:
+    """A delivery's due time and last task sent `seconds` further in the past, as if that time passed."""
+    with db.begin() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(
+                next_attempt_at=WebhookDelivery.next_attempt_at - seconds,
+                task_sent_at=WebhookDelivery.task_sent_at - seconds,
+            )
+        )
 
 
 def spec_signature(secret: str, headers: dict[str, str], body: bytes) -> str:
@@ -186,6 +199,9 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(
     job_body: dict[str, Any],
     endpoints: list[str],
 ) -> None:
+    # A backoff far longer than the test: "not due yet" holds however slow the machine is, and the
+    # clock moving on is the row's due time moved to now.
+    policy = RetryPolicy(**{**asdict(FAST), "backoff_seconds": 60.0, "backoff_max_seconds": 120.0})
     with receiving(statuses=[503, 500]) as receiver:
         endpoint = subscribe(client, writer, receiver.url, endpoints)
         job_id = new_job(client, writer, job_body)
@@ -195,27 +211,33 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(
         delivery_id = first["args"][0]
 
         started = time.time()
-        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "retrying"
+        assert deliver(app.state.sessionmaker, delivery_id, policy) == "retrying"
+        finished = time.time()
         failed = row(db, delivery_id)
         assert (failed.status, failed.attempts, failed.last_status_code) == ("pending", 1, 503)
         assert failed.last_error == "HTTP 503"
-        assert failed.next_attempt_at is not None and 0.9 <= failed.next_attempt_at - started <= 2.0
+        assert failed.next_attempt_at is not None
+        assert started + 60.0 <= failed.next_attempt_at <= finished + 60.0
         # The retry is the same task sent again with a countdown (an ETA), after the outcome's commit.
         [retry] = broker_messages(backend)
         assert retry["task"] == str(TaskName.DELIVER_WEBHOOK) and retry["args"] == [delivery_id]
         assert retry["eta"] is not None
         # Before it is due, a task sends nothing.
-        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "skipped"
+        assert deliver(app.state.sessionmaker, delivery_id, policy) == "skipped"
         assert len(receiver.received) == 1
 
-        time.sleep(max(0.0, failed.next_attempt_at - time.time()))
-        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "retrying"
+        make_due(db, delivery_id)
+        started = time.time()
+        assert deliver(app.state.sessionmaker, delivery_id, policy) == "retrying"
+        finished = time.time()
         second = row(db, delivery_id)
         assert (second.attempts, second.last_status_code) == (2, 500)
-        assert second.next_attempt_at is not None and second.next_attempt_at - time.time() > 1.0  # doubled
-        time.sleep(max(0.0, second.next_attempt_at - time.time()))
-        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "delivered"
-        assert deliver(app.state.sessionmaker, delivery_id, FAST) == "skipped"
+        assert second.next_attempt_at is not None
+        assert started + 120.0 <= second.next_attempt_at <= finished + 120.0  # doubled
+        assert deliver(app.state.sessionmaker, delivery_id, policy) == "skipped"
+        make_due(db, delivery_id)
+        assert deliver(app.state.sessionmaker, delivery_id, policy) == "delivered"
+        assert deliver(app.state.sessionmaker, delivery_id, policy) == "skipped"
         broker_messages(backend)
 
     assert len(receiver.received) == 3
@@ -391,32 +413,31 @@ def test_lost_tasks_are_sent_again_by_the_sweep(
         [delivery] = pending(db, endpoint["id"])
 
         producer = app.state.producer
-        time.sleep(0.6)
+        age(db, delivery.id, GRACE_SECONDS + 1)
         with db.begin() as session:
-            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == [delivery.id]
+            assert resend_lost_deliveries(session, producer, grace_seconds=GRACE_SECONDS) == [delivery.id]
         with db.begin() as session:  # sent once per grace period, by one sweeper
-            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == []
+            assert resend_lost_deliveries(session, producer, grace_seconds=GRACE_SECONDS) == []
         assert [m["args"] for m in broker_messages(backend)] == [[delivery.id]]
 
         # In flight (claimed by a worker still POSTing): not lost.
-        time.sleep(0.6)
+        age(db, delivery.id, GRACE_SECONDS + 1)
         with db.begin() as session:
-            assert webhooks.claim(session, delivery.id, at=time.time(), hold_seconds=60) is not None
+            assert webhooks.claim(session, delivery.id, at=time.time(), hold_seconds=600) is not None
         with db.begin() as session:
-            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == []
+            assert resend_lost_deliveries(session, producer, grace_seconds=GRACE_SECONDS) == []
         with db.begin() as session:  # that worker died: its claim expires, and the delivery is lost again
             session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id == delivery.id)
-                .values(claimed_until=time.time())
+                .values(claimed_until=time.time() - 1)
             )
-        time.sleep(0.1)
         with db.begin() as session:
-            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == [delivery.id]
+            assert resend_lost_deliveries(session, producer, grace_seconds=GRACE_SECONDS) == [delivery.id]
         assert deliver_queued(app, backend) == ["delivered"]
-        time.sleep(0.6)
+        age(db, delivery.id, GRACE_SECONDS + 1)
         with db.begin() as session:
-            assert resend_lost_deliveries(session, producer, grace_seconds=0.5) == []
+            assert resend_lost_deliveries(session, producer, grace_seconds=GRACE_SECONDS) == []
         assert len(receiver.received) == 1
 
 
