@@ -47,7 +47,7 @@ class PackTarget:
     rows: int | None = None  # a vocabulary vLLM padded: the checkpoint's rows (the rest are zeros)
 
 
-def repack_lm_heads(worker: Any) -> int:
+def repack_lm_heads(worker: Any) -> None:
     """Re-run the LM head's weight post-processing inside the engine.
 
     vLLM's CPU backend packs the LM head's weight into a GEMM kernel's own buffer. With tied
@@ -57,12 +57,9 @@ def repack_lm_heads(worker: Any) -> int:
     """
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 
-    count = 0
     for module in worker.model_runner.get_model().modules():
         if isinstance(module, ParallelLMHead):
             module.quant_method.process_weights_after_loading(module)
-            count += 1
-    return count
 
 
 def plan_packed_sync(worker: Any, checkpoint: Sequence[tuple[str, int]]) -> str | None:
