@@ -16,7 +16,15 @@ paper's teacher template, fp32, gradient checkpointing as `--gradient-checkpoint
 (off by default), same data, batch, completion length and learning rate; TRL samples with
 transformers.generate, and ours runs once with that sampler and once with the shipped default (vLLM
 where installed). TRL runs in an environment of its own that the bench creates on first use
-(`trl_python`: TRL is not a product dependency). Prints a Markdown table.
+(`trl_python`: TRL is not a product dependency). Prints a Markdown table; its header names the vLLM
+engine's dtype on this machine (bf16 where the CPU has native bf16, else fp32; training is fp32).
+
+A second table sets each run against the machine's matrix-multiply rate, measured in the same run
+(the GEMM peer: fp32 `torch.mm` in the decoder's own shapes, forward, input-gradient and
+weight-gradient, over a step's tokens): the FLOP floor of a demonstration (`step_flops`) divided by
+its seconds, as a share of that rate. A run near 100% has nothing left to remove but FLOPs; "floor
+s/demo" is what a demonstration would take at the GEMM rate, and "floor/TRL" the lowest ours/TRL
+time any implementation of this workload could reach here.
 An allocator setting such as `MALLOC_MMAP_THRESHOLD_=1048576` in the environment applies to every
 child alike, ours and TRL.
 """
@@ -246,6 +254,28 @@ def child_trl(args: argparse.Namespace) -> dict[str, Any]:
     return {"s_per_demo": statistics.median(steps) / args.batch, "peak_mb": peak_rss_mb()}
 
 
+def child_gemm(args: argparse.Namespace) -> dict[str, Any]:
+    """fp32 GEMM FLOP/s in the decoder's MLP shapes over `--tokens` rows (forward, input gradient,
+    weight gradient), the best of several rounds: the rate the training step's matmuls could reach."""
+    import torch
+
+    config = json.loads((Path(args.model_dir) / "config.json").read_text())
+    hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+    torch.manual_seed(0)
+    x, w = torch.randn(args.tokens, hidden), torch.randn(hidden, inner)
+    g = torch.randn(args.tokens, inner)
+    products = ((x, w), (g, w.T), (x.T, g))  # y = xW, dx = dy W^T, dW = x^T dy
+    flops = 3 * 2 * args.tokens * hidden * inner
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            for a, b in products:
+                torch.mm(a, b)
+        best = min(best, (time.perf_counter() - started) / 20)
+    return {"gflops": flops / best / 1e9}
+
+
 def child_loss(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -397,7 +427,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.child:
-        result = {"ours": child_ours, "trl": child_trl, "loss": child_loss}[args.child](args)
+        result = {"ours": child_ours, "trl": child_trl, "loss": child_loss, "gemm": child_gemm}[args.child](
+            args
+        )
         print(json.dumps(result))
         return
 
@@ -407,13 +439,16 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "gradient_checkpointing": args.gradient_checkpointing,
     }
-    from app.contracts.rollout_settings import default_engine
+    from app.contracts.rollout_settings import default_engine, rollout_settings_from_env
+    from workers.rollout.vllm_engine import cpu_has_native_bf16
 
     # Ours as shipped (vLLM rollouts where installed) and with transformers.generate, TRL's sampler.
     backends = [args.rollout_backend] if args.rollout_backend else sorted({default_engine(), "transformers"})
     allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
+    engine_dtype = rollout_settings_from_env().engine_dtype(native_bf16=cpu_has_native_bf16())
     print(
-        f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, CPU fp32, "
+        f"stage_cost: {args.steps} steps x {args.batch} prompts, <= {args.new_tokens} new tokens, "
+        f"training fp32 on CPU, vLLM engine {engine_dtype}, "
         f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
         f"MALLOC_MMAP_THRESHOLD_={allocator}"
     )
@@ -423,6 +458,8 @@ def main() -> None:
         "| probe s (SDFT / SFT) | tokens: prompt / teacher prompt / demo / rollout | SDFT/SFT FLOPs |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    # Per model: the GEMM peer's GFLOP/s and (run, floor FLOPs per demonstration, s/demo) per run.
+    rates: dict[str, tuple[float, list[tuple[str, float, float]]]] = {}
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             path = model_dir(name, Path(work))
@@ -430,6 +467,9 @@ def main() -> None:
             sft = run_child("ours", model_dir=path, method="sft", **common)
             sft_flops = step_flops(trunk_macs, head_macs, sft["prompt_tokens"], sft["completion_tokens"])
             trl = None if args.skip_trl else run_child("trl", model_dir=path, **common)
+            step_tokens = round(args.batch * (sft["prompt_tokens"] + args.new_tokens))
+            gemm = run_child("gemm", model_dir=path, tokens=step_tokens)["gflops"]
+            runs = [("ours SFT", sft_flops, sft["s_per_demo"])]
             # vLLM cannot run the tiny model (head size 16): transformers only there.
             for backend in ["transformers"] if name == "tiny" else backends:
                 sdft = run_child("ours", model_dir=path, method="sdft", rollout_backend=backend, **common)
@@ -459,6 +499,30 @@ def main() -> None:
                     f"{sdft_flops / sft_flops:.2f}",
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
+                runs.append((f"ours SDFT, {backend} rollouts", sdft_flops, sdft["s_per_demo"]))
+            if trl is not None:
+                # TRL samples with transformers.generate: its floor is that run's token counts.
+                sampled_like_trl = [f for run, f, _ in runs if run.endswith("transformers rollouts")]
+                trl_floor = sampled_like_trl[0] if sampled_like_trl else runs[-1][1]
+                runs.append(("TRL SDFT", trl_floor, trl["s_per_demo"]))
+            rates[name] = (gemm, runs)
+    print()
+    print("Against the machine's matrix-multiply rate (GEMM peer, fp32, this run):")
+    print(
+        "| model | run | floor GFLOP/demo | s/demo | GFLOP/s | share of GEMM rate | floor s/demo "
+        "| floor/TRL |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (gemm, runs) in rates.items():
+        trl_s = next((s for run, _, s in runs if run == "TRL SDFT"), None)
+        print(f"| {name} | GEMM peer | | | {gemm:.0f} | 100% | | |")
+        for run, flops, seconds in runs:
+            floor_s = flops / (gemm * 1e9)
+            against_trl = f"{floor_s / trl_s:.2f}" if trl_s and run.startswith("ours SDFT") else ""
+            print(
+                f"| {name} | {run} | {flops / 1e9:.1f} | {seconds:.3f} | {flops / seconds / 1e9:.0f} "
+                f"| {flops / seconds / 1e9 / gemm:.0%} | {floor_s:.3f} | {against_trl} |"
+            )
     if args.vllm:
         vllm_table(args, common)
     print()
