@@ -470,6 +470,7 @@ def main() -> None:
             step_tokens = round(args.batch * (sft["prompt_tokens"] + args.new_tokens))
             gemm = run_child("gemm", model_dir=path, tokens=step_tokens)["gflops"]
             runs = [("ours SFT", sft_flops, sft["s_per_demo"])]
+            floors: dict[str, float] = {}  # SDFT's floor FLOPs per demonstration, per rollout engine
             # vLLM cannot run the tiny model (head size 16): transformers only there.
             for backend in ["transformers"] if name == "tiny" else backends:
                 sdft = run_child("ours", model_dir=path, method="sdft", rollout_backend=backend, **common)
@@ -500,11 +501,10 @@ def main() -> None:
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
                 runs.append((f"ours SDFT, {backend} rollouts", sdft_flops, sdft["s_per_demo"]))
+                floors[backend] = sdft_flops
             if trl is not None:
                 # TRL samples with transformers.generate: its floor is that run's token counts.
-                sampled_like_trl = [f for run, f, _ in runs if run.endswith("transformers rollouts")]
-                trl_floor = sampled_like_trl[0] if sampled_like_trl else runs[-1][1]
-                runs.append(("TRL SDFT", trl_floor, trl["s_per_demo"]))
+                runs.append(("TRL SDFT", floors.get("transformers", sdft_flops), trl["s_per_demo"]))
             rates[name] = (gemm, runs)
     print()
     print("Against the machine's matrix-multiply rate (GEMM peer, fp32, this run):")
