@@ -458,8 +458,9 @@ def main() -> None:
         "| probe s (SDFT / SFT) | tokens: prompt / teacher prompt / demo / rollout | SDFT/SFT FLOPs |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    # Per model: the GEMM peer's GFLOP/s and (run, floor FLOPs per demonstration, s/demo) per run.
-    rates: dict[str, tuple[float, list[tuple[str, float, float]]]] = {}
+    # Per model: the GEMM peer's GFLOP/s, TRL's s/demo (None when skipped) and per run (label, floor
+    # FLOPs per demonstration, s/demo, whether it is an SDFT run of ours, set against TRL's floor).
+    rates: dict[str, tuple[float, float | None, list[tuple[str, float, float, bool]]]] = {}
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             path = model_dir(name, Path(work))
@@ -469,7 +470,7 @@ def main() -> None:
             trl = None if args.skip_trl else run_child("trl", model_dir=path, **common)
             step_tokens = round(args.batch * (sft["prompt_tokens"] + args.new_tokens))
             gemm = run_child("gemm", model_dir=path, tokens=step_tokens)["gflops"]
-            runs = [("ours SFT", sft_flops, sft["s_per_demo"])]
+            runs = [("ours SFT", sft_flops, sft["s_per_demo"], False)]
             floors: dict[str, float] = {}  # SDFT's floor FLOPs per demonstration, per rollout engine
             # vLLM cannot run the tiny model (head size 16): transformers only there.
             for backend in ["transformers"] if name == "tiny" else backends:
@@ -500,12 +501,12 @@ def main() -> None:
                     f"{sdft_flops / sft_flops:.2f}",
                 ]
                 print("| " + " | ".join(cells) + " |", flush=True)
-                runs.append((f"ours SDFT, {backend} rollouts", sdft_flops, sdft["s_per_demo"]))
+                runs.append((f"ours SDFT, {backend} rollouts", sdft_flops, sdft["s_per_demo"], True))
                 floors[backend] = sdft_flops
             if trl is not None:
                 # TRL samples with transformers.generate: its floor is that run's token counts.
-                runs.append(("TRL SDFT", floors.get("transformers", sdft_flops), trl["s_per_demo"]))
-            rates[name] = (gemm, runs)
+                runs.append(("TRL SDFT", floors.get("transformers", sdft_flops), trl["s_per_demo"], False))
+            rates[name] = (gemm, trl["s_per_demo"] if trl else None, runs)
     print()
     print("Against the machine's matrix-multiply rate (GEMM peer, fp32, this run):")
     print(
@@ -513,12 +514,11 @@ def main() -> None:
         "| floor/TRL |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, (gemm, runs) in rates.items():
-        trl_s = next((s for run, _, s in runs if run == "TRL SDFT"), None)
+    for name, (gemm, trl_s, runs) in rates.items():
         print(f"| {name} | GEMM peer | | | {gemm:.0f} | 100% | | |")
-        for run, flops, seconds in runs:
+        for run, flops, seconds, ours_sdft in runs:
             floor_s = flops / (gemm * 1e9)
-            against_trl = f"{floor_s / trl_s:.2f}" if trl_s and run.startswith("ours SDFT") else ""
+            against_trl = f"{floor_s / trl_s:.2f}" if trl_s and ours_sdft else ""
             print(
                 f"| {name} | {run} | {flops / 1e9:.1f} | {seconds:.3f} | {flops / seconds / 1e9:.0f} "
                 f"| {flops / seconds / 1e9 / gemm:.0%} | {floor_s:.3f} | {against_trl} |"
