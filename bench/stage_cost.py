@@ -23,8 +23,8 @@ A second table sets each run against the machine's matrix-multiply rate, measure
 (the GEMM peer: fp32 `torch.mm` in the decoder's own shapes, forward, input-gradient and
 weight-gradient, over a step's tokens): the FLOP floor of a demonstration (`step_flops`) divided by
 its seconds, as a share of that rate. A run near 100% has nothing left to remove but FLOPs; "floor
-s/demo" is what a demonstration would take at the GEMM rate, and "floor/TRL" the lowest ours/TRL
-time any implementation of this workload could reach here.
+s/demo" is what a demonstration would take at the GEMM rate, and "floor/TRL" the ours/TRL time of
+an implementation that ran every FLOP at that rate (a bf16 decode can beat it).
 An allocator setting such as `MALLOC_MMAP_THRESHOLD_=1048576` in the environment applies to every
 child alike, ours and TRL.
 """
