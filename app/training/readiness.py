@@ -245,6 +245,7 @@ def build_readiness_report(
     leakage_phrases: Sequence[str] | None = None,
     unusable: int = 0,
     unusable_examples: Sequence[str] = (),
+    engine: str = "transformers",
 ) -> ReadinessReport:
     """Rates, token-weighted NLLs, teacher leakage and the decision from per-row probe results.
 
@@ -281,6 +282,7 @@ def build_readiness_report(
         unusable=unusable,
         unusable_examples=tuple(unusable_examples),
         leakage_phrases=phrases,
+        engine=engine,
     )
 
 
@@ -300,6 +302,7 @@ class ReadinessReport:
     unusable: int = 0  # rows whose demonstration gave no reference or whose prompts did not fit
     unusable_examples: tuple[str, ...] = ()
     leakage_phrases: tuple[str, ...] = ()
+    engine: str = "transformers"  # what generated the answers and samples ("none": no row was probed)
 
     @property
     def student_sample_rate(self) -> float | None:
@@ -337,6 +340,7 @@ class ReadinessReport:
             "unusable": self.unusable,
             "unusable_examples": list(self.unusable_examples),
             "leakage_phrases": list(self.leakage_phrases),
+            "engine": self.engine,
         }
 
     @classmethod
@@ -363,6 +367,7 @@ class ReadinessReport:
                 unusable=int(data.get("unusable", 0)),
                 unusable_examples=tuple(data.get("unusable_examples", ())),
                 leakage_phrases=tuple(data.get("leakage_phrases", ())),
+                engine=str(data.get("engine", "transformers")),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"malformed readiness report: {error!r}") from error

@@ -109,7 +109,7 @@ def test_report_weights_nll_by_tokens_counts_leakage_and_round_trips() -> None:
         probe_row("c", 0.0, 0.0, 2.0, 2.0, 10, "Following the example: 5"),
         probe_row("d", 0.0, 1.0, 2.0, 1.0, 50, "4"),
     ]
-    report = build_readiness_report(rows, grader="numeric")
+    report = build_readiness_report(rows, grader="numeric", engine="vllm")
     assert (report.student_rate, report.teacher_rate) == (0.25, 0.75)
     assert report.student_nll == pytest.approx((30 + 30 + 20 + 100) / 100)
     assert report.teacher_nll == pytest.approx((10 + 30 + 20 + 50) / 100)
@@ -117,6 +117,7 @@ def test_report_weights_nll_by_tokens_counts_leakage_and_round_trips() -> None:
     assert report.teacher_leakage.leaked == 2 and report.teacher_leakage.leaked_indices == (0, 2)
     assert "Note: 2 of 4 teacher answers contain teacher-template phrases" in report.message
     assert ReadinessReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    assert report.to_dict()["engine"] == "vllm"
 
 
 # --------------------------------------------------------------------------- references and holdout
@@ -193,7 +194,7 @@ def test_probe_mechanics_on_the_tiny_model(tiny: tuple[Any, Any], tiny_rows: lis
     model.train()  # as a trainer would hand it over: the probe must give it back in train mode
     report = teacher_readiness(model, tokenizer, tiny_rows, **kwargs)
     assert model.training
-    assert report.n == 4 and report.unusable == 0
+    assert report.n == 4 and report.unusable == 0 and report.engine == "transformers"
     assert [row.row_id for row in report.rows] == [
         tiny_rows[i].row_id for i in pick_holdout([r.row_id for r in tiny_rows], 4, 0)
     ]

@@ -85,7 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from workers.training.method_choice import stage_method
     from workers.training.progress import ProgressBar
 
-    chosen = stage_method(Path(args.base), rows, config, grader=args.grader)
+    # The probe evaluates the base model: on a colocated engine when the rollouts use one.
+    engine = "vllm" if rollout.backend == "vllm" else "transformers"
+    chosen = stage_method(Path(args.base), rows, config, grader=args.grader, engine=engine, rollout=rollout)
     if chosen.choice is not None:
         print(f"method auto: {chosen.choice.reason}")
     elif chosen.readiness is not None:

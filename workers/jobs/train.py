@@ -104,6 +104,7 @@ def _choose_method(run: JobRun, job: Job, data: StageData, parent: Path, out_dir
         grader=data.grader,
         grader_options=data.grader_options,
         placement=run.placement,
+        engine=run.ctx.eval_backend,
     )
     with run.ctx.session() as session:
         if chosen.readiness is not None:

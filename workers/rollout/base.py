@@ -67,14 +67,21 @@ class RolloutBackend(Protocol):
         between steps instead)."""
         ...
 
-    def sync_weights(self, step: int) -> None:
-        """Make the next `generate` sample from the student's current weights."""
+    def sync_weights(self, step: int) -> bool:
+        """Make the next `generate` sample from the student's weights at optimizer step `step`, when
+        a sync is due then (`sync_every`); True when it does, False when it serves older weights (or
+        no student)."""
         ...
 
     def close(self) -> None: ...
 
 
 StopCheck = Callable[[], bool]
+
+
+def engine_name(backend: RolloutBackend | None) -> str:
+    """The engine rollouts ran on, as step metrics and checkpoints record it ("none": no rollouts)."""
+    return "none" if backend is None else backend.name
 
 
 class GenerationStopped(Exception):

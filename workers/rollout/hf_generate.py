@@ -95,8 +95,9 @@ class TransformersBackend:
         self.placement = placement
         self.batch_size = batch_size
 
-    def sync_weights(self, step: int) -> None:
+    def sync_weights(self, step: int) -> bool:
         """Nothing to do: generation runs on the live student module."""
+        return True
 
     def close(self) -> None:
         """Nothing to release: the model belongs to the trainer."""

@@ -389,9 +389,9 @@ class VllmEngineBackend:
 
     # -- weight sync -------------------------------------------------------------------------
 
-    def sync_weights(self, step: int) -> None:
+    def sync_weights(self, step: int) -> bool:
         if self.mode == "static":
-            return
+            return False
         due = (
             self._synced_step is None
             or self._weights_dropped
@@ -399,7 +399,7 @@ class VllmEngineBackend:
             or step < self._synced_step  # a stage restarted from an earlier step
         )
         if not due:
-            return
+            return self._synced_step == step
         self._wake(["weights"])
         if self._released_sizes:
             self.llm.collective_rpc(restore_cpu_weights, kwargs={"sizes": self._released_sizes})
@@ -413,6 +413,7 @@ class VllmEngineBackend:
         self.syncs += 1
         if "kv_cache" not in self._asleep and not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM refused to reset its prefix cache after a weight sync")
+        return True
 
     def _sync_adapter(self, step: int) -> None:
         assert isinstance(self.student, PeftModel) and self.adapter_root is not None

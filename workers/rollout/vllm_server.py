@@ -181,11 +181,11 @@ class VllmServerBackend:
 
     # -- adapters ---------------------------------------------------------------------------------
 
-    def sync_weights(self, step: int) -> None:
+    def sync_weights(self, step: int) -> bool:
         if self.student is None:
-            return
+            return False
         if self._synced_step is not None and 0 <= step - self._synced_step < self.settings.sync_every:
-            return
+            return self._synced_step == step
         assert isinstance(self.student, PeftModel)
         name = f"{self.settings.adapter_name_prefix}-{self._run_token}-step{step}"
         path = self.adapter_root / name
@@ -203,6 +203,7 @@ class VllmServerBackend:
             self._unload(previous)
         if previous_dir is not None:
             shutil.rmtree(previous_dir, ignore_errors=True)
+        return True
 
     def _unload(self, name: str) -> None:
         response = self._request("POST", "/v1/unload_lora_adapter", {"lora_name": name})

@@ -7,7 +7,11 @@
 - nll: the student's NLL per demonstration token (what SFT minimizes).
 - greedy_score: the share of probe prompts the student answers right, greedily, graded with the new
   skill's grader against the demonstration's answer (app/training/readiness.py `probe_reference`);
-  None when there is no grader that can read a demonstration.
+  None when there is no grader that can read a demonstration. Decoded by the stage's rollout backend
+  when the sync its next rollout makes anyway gives it the current weights (a vLLM engine decodes
+  two to three times faster than `transformers.generate`; in its own dtype, so where it runs bf16 an
+  answer can differ from the fp32 student's), else by `transformers.generate` on the student (SFT,
+  or `sync_every` above 1 between syncs).
 
 The rules that read them (stall, concentration) are in app/training/diagnostics.py.
 """
@@ -23,7 +27,7 @@ import torch
 from app.evaluation.graders import grade
 from app.training.readiness import PROBE_GRADERS, pick_holdout, probe_reference
 from workers.models.forward import completion_hidden, head_weight, hidden_states, pack
-from workers.rollout.base import SamplingParams
+from workers.rollout.base import RolloutBackend, SamplingParams
 from workers.rollout.hf_generate import TransformersBackend
 from workers.training.chunked_head import (
     chunked_lm_head_loss,
@@ -57,12 +61,15 @@ class LearningProbe:
         examples: Sequence[PreparedExample],
         reference: Teacher | None,
         graded: Sequence[tuple[str, Mapping[str, Any], str]] | None,
+        rollouts: RolloutBackend | None = None,
     ) -> None:
-        """graded: per example (grader, options, reference), or None for no greedy score."""
+        """graded: per example (grader, options, reference), or None for no greedy score.
+        rollouts: the stage's rollout backend (None: the stage samples none)."""
         self.ctx = ctx
         self.examples = list(examples)
         self.reference = reference
         self.graded = graded
+        self.rollouts = rollouts
 
     @classmethod
     def for_stage(
@@ -72,6 +79,7 @@ class LearningProbe:
         reference: Teacher | None,
         grader: str | None,
         grader_options: Mapping[str, Any] | None,
+        rollouts: RolloutBackend | None = None,
     ) -> LearningProbe | None:
         """The probe batch: `probe_rows` training rows picked by row id (the same rows on resume)."""
         if ctx.config.probe_rows == 0:
@@ -93,10 +101,11 @@ class LearningProbe:
                 ]
             except ValueError:
                 graded = None  # a demonstration the grader cannot read: no greedy score, the rest stands
-        return cls(ctx, picked, reference, graded)
+        return cls(ctx, picked, reference, graded, rollouts)
 
     @torch.no_grad()
-    def measure(self) -> ProbeMeasurement:
+    def measure(self, step: int) -> ProbeMeasurement:
+        """The student after `step` optimizer steps (the step its next rollout is sampled for)."""
         ctx = self.ctx
         device = ctx.placement.device
         demos = [e.demonstration_ids for e in self.examples]
@@ -135,12 +144,19 @@ class LearningProbe:
             ),
             chunk_size=ctx.config.loss_chunk_size,
         )
-        return ProbeMeasurement(float(divergence), float(nll), self._greedy_score())
+        return ProbeMeasurement(float(divergence), float(nll), self._greedy_score(step))
 
-    def _greedy_score(self) -> float | None:
+    def _decoder(self, step: int) -> RolloutBackend:
+        """The stage's rollout backend when it serves the student at `step` after the sync the next
+        rollout would make anyway (so the probe never moves the sync schedule), else transformers."""
+        if self.rollouts is not None and self.rollouts.sync_weights(step):
+            return self.rollouts
+        return TransformersBackend(self.ctx.student, self.ctx.pad_id, self.ctx.placement)
+
+    def _greedy_score(self, step: int) -> float | None:
         if self.graded is None:
             return None
-        backend = TransformersBackend(self.ctx.student, self.ctx.pad_id, self.ctx.placement)
+        backend = self._decoder(step)
         params = SamplingParams(
             max_new_tokens=self.ctx.max_new_tokens, temperature=0.0, stop_token_ids=self.ctx.stop_ids
         )

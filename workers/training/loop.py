@@ -31,7 +31,7 @@ from app.training.stage_config import ResolvedStage, StageConfig, resolve
 from workers.models.chat import ChatRenderer
 from workers.models.loading import load_model, load_tokenizer, stop_token_ids
 from workers.models.placement import Placement, default_placement
-from workers.rollout.base import BackendFactory, GenerationStopped
+from workers.rollout.base import BackendFactory, GenerationStopped, engine_name
 from workers.training.checkpointing import Checkpoint, latest_checkpoint, load_training_state, save_checkpoint
 from workers.training.diagnostics import LearningProbe, ProbeMeasurement
 from workers.training.objectives import BUILDERS, Objective, StageContext, build_objective
@@ -220,12 +220,13 @@ class Stage:
         )
         return [self.examples[i] for i in own] + [self.replay_examples[i] for i in replayed]
 
-    def measure(self) -> ProbeMeasurement | None:
+    def measure(self, step: int) -> ProbeMeasurement | None:
+        """The probe after `step` optimizer steps."""
         if self.probe is None:
             return None
         self.ctx.student.eval()  # no dropout while measuring
         try:
-            return self.probe.measure()
+            return self.probe.measure(step)
         finally:
             self.ctx.student.train()
 
@@ -242,7 +243,7 @@ class Stage:
         done, total = step + 1, self.ctx.resolved.max_steps
         probe_started = time.perf_counter()
         measured = (
-            self.measure() if done % self.ctx.resolved.diagnostics_every == 0 or done == total else None
+            self.measure(done) if done % self.ctx.resolved.diagnostics_every == 0 or done == total else None
         )
         probe_seconds = None if measured is None else time.perf_counter() - probe_started
         if measured is not None and self.probe_baseline is not None and not self.stalled:
@@ -265,7 +266,7 @@ class Stage:
             importance_weight_mean=outcome.importance_weight_mean,
             seconds=time.perf_counter() - started,
             rollout_seconds=outcome.rollout_seconds,
-            rollout_engine=self.objective.rollout_engine,
+            rollout_engine=engine_name(self.objective.rollouts),
             rollout_leak_fraction=outcome.rollout_leak_fraction,
             method=self.objective.name,
             loss_parts=outcome.parts,
@@ -366,7 +367,12 @@ def run_stage(
     pool = [tuple(renderer.prompt_ids([dict(m) for m in prompt])) for prompt in inputs.retention_prompts]
     objective = build_objective(ctx, base_dir=base, backend_factory=backend_factory, pool=pool)
     probe = LearningProbe.for_stage(
-        ctx, examples, objective.reference_teacher, inputs.probe_grader, inputs.probe_grader_options
+        ctx,
+        examples,
+        objective.reference_teacher,
+        inputs.probe_grader,
+        inputs.probe_grader_options,
+        objective.rollouts,
     )
     stage = Stage(ctx, objective, examples, replay_examples, probe)
     start = 0
@@ -381,7 +387,7 @@ def run_stage(
         "resolved": resolved.model_dump(),
         "base_dir": str(base),
         "method": config.method,
-        "rollout_engine": objective.rollout_engine,
+        "rollout_engine": engine_name(objective.rollouts),
     }
     metrics_log = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -409,7 +415,7 @@ def run_stage(
 
     try:
         if start == 0 and probe is not None:
-            baseline = stage.measure()
+            baseline = stage.measure(0)
             stage.probe_baseline = None if baseline is None else baseline.divergence
             if baseline is not None:
                 with metrics_log.open("a") as f:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.contracts.demonstrations import Demonstration
+from app.contracts.rollout_settings import RolloutSettings
 from app.training.readiness import PROBE_GRADERS, MethodChoice, ReadinessReport, choose_method
 from app.training.stage_config import AUTO_FALLBACK_METHOD, StageConfig
 from workers.models.loading import load_model, load_tokenizer
@@ -43,7 +44,11 @@ def readiness_report(
     grader_options: Mapping[str, Any] | None,
     max_new_tokens: int,
     placement: Placement | None = None,
+    engine: str = "transformers",
+    rollout: RolloutSettings | None = None,
 ) -> ReadinessReport:
+    """The probe on the parent; `engine` (with `rollout` its settings) generates its answers, as an
+    evaluation of the parent would (workers/evaluation/engine.py)."""
     placement = placement or default_placement()
     model = load_model(parent_dir, placement)
     try:
@@ -56,6 +61,8 @@ def readiness_report(
             config=config,
             max_new_tokens=max_new_tokens,
             placement=placement,
+            engine=engine,
+            rollout=rollout,
         )
     finally:
         del model
@@ -70,6 +77,8 @@ def stage_method(
     grader_options: Mapping[str, Any] | None = None,
     max_new_tokens: int = PROBE_MAX_NEW_TOKENS,
     placement: Placement | None = None,
+    engine: str = "transformers",
+    rollout: RolloutSettings | None = None,
 ) -> StageMethod:
     """The method this stage trains with, and the probe behind it.
 
@@ -86,6 +95,8 @@ def stage_method(
         grader_options=grader_options,
         max_new_tokens=max_new_tokens,
         placement=placement,
+        engine=engine,
+        rollout=rollout,
     )
     if config.method != "auto":
         return StageMethod(config, None, report)

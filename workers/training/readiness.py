@@ -2,9 +2,13 @@
 
 For a few held-out demonstrations it greedy-decodes the student prompt (query only) and the teacher
 prompt (query + demonstration in the stage's teacher template, same chat-template kwargs), grades
-both answers against the demonstration, measures the demonstration's NLL per token in both
-contexts, and counts teacher answers that carry template wording. The decision rule and the report
-live torch-free in app.training.readiness.
+both answers against the demonstration, samples the student's own answers, measures the
+demonstration's NLL per token in both contexts, and counts teacher answers that carry template
+wording. The decision rule and the report live torch-free in app.training.readiness.
+
+The answers and samples come from an evaluation engine on the model (`engine`; jobs and the CLI
+pass vLLM where it is the default, which evaluates in fp32 on CPU so that its greedy answers are
+transformers', and falls back to transformers), the NLLs from the model itself.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from app.contracts.demonstrations import DatasetError, Demonstration
+from app.contracts.rollout_settings import RolloutSettings
 from app.evaluation.graders import grade
 from app.evaluation.leakage import default_leakage_phrases, find_leaked_phrases
 from app.training.readiness import (
@@ -28,12 +33,12 @@ from app.training.readiness import (
     probe_reference,
 )
 from app.training.stage_config import StageConfig, auto_max_new_tokens
+from workers.evaluation.engine import make_eval_backend
 from workers.models.chat import decode_text, pad_token_id
 from workers.models.forward import continuation_logprobs
 from workers.models.loading import model_context_length, stop_token_ids
 from workers.models.placement import Placement, default_placement
-from workers.rollout.base import SamplingParams
-from workers.rollout.hf_generate import TransformersBackend
+from workers.rollout.base import RolloutShape, SamplingParams
 from workers.training.prompts import PreparedExample, prepare_examples
 
 # How many skipped rows the report names (the count is always complete).
@@ -103,12 +108,15 @@ def teacher_readiness(
     leakage_phrases: Sequence[str] | None = None,
     batch_size: int = 16,
     samples: int = 4,
+    engine: str = "transformers",
+    rollout: RolloutSettings | None = None,
 ) -> ReadinessReport:
     """Probe whether the teacher (demonstration in context) clearly beats the student (see
     app.training.readiness for the rule). Deterministic: greedy decoding on rows picked by
     `pick_holdout(row ids, seed)`. leakage_phrases defaults to the observed phrases plus
     config.teacher_template's fixed clauses. Raises ValueError for a grader that cannot take a
-    demonstration as its reference (regex, choice)."""
+    demonstration as its reference (regex, choice). `engine` ("vllm" or "transformers", as
+    `make_eval_backend` takes it, with `rollout` its engine settings) generates the answers."""
     check_probe_grader(grader)
     placement = placement or default_placement(str(next(model.parameters()).device))
     phrases = (
@@ -127,22 +135,34 @@ def teacher_readiness(
         max_new_tokens=max_new_tokens,
     )
     probe_rows: list[ProbeRow] = []
+    ran = "none"  # nothing generated: no row could be probed
     if chosen:
         examples = [example for example, _ in chosen]
         prompts = [list(e.student_prompt_ids) for e in examples] + [
             list(e.teacher_prompt_ids) for e in examples
         ]
         pad = pad_token_id(tokenizer)
-        backend = TransformersBackend(model, pad, placement, batch_size=batch_size)
         # No longer than training would sample (room for the longest demonstration): answers come first,
         # and 128 tokens of rambling per probe generation made the probe take minutes on a CPU.
         max_new_tokens = min(
             max_new_tokens, auto_max_new_tokens(max(len(e.demonstration_ids) for e in examples))
         )
+        backend = make_eval_backend(
+            engine,
+            str(model.name_or_path),
+            model=model,
+            tokenizer=tokenizer,
+            placement=placement,
+            batch_size=batch_size,
+            rollout=rollout,
+            shape=RolloutShape(
+                max(len(prompts), len(examples) * samples), max(map(len, prompts)) + max_new_tokens
+            ),
+        )
+        ran = backend.name
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=_stop_ids(model, tokenizer)
         )
-        answers = [decode_text(tokenizer, out[0].token_ids) for out in backend.generate(prompts, params)]
         # The student's own samples (temperature 1, as rollouts are drawn): SDFT's signal reaches the
         # answer only through states the student visits, so how often it samples the answer matters.
         sampling = SamplingParams(
@@ -152,9 +172,13 @@ def teacher_readiness(
             seed=seed,
             stop_token_ids=params.stop_token_ids,
         )
-        sampled = (
-            backend.generate([list(e.student_prompt_ids) for e in examples], sampling) if samples else []
-        )
+        try:
+            generated = backend.generate(prompts, params)
+            student_prompts = [list(e.student_prompt_ids) for e in examples]
+            sampled = backend.generate(student_prompts, sampling) if samples else []
+        finally:
+            backend.close()
+        answers = [decode_text(tokenizer, out[0].token_ids) for out in generated]
         token_logprobs = continuation_logprobs(
             model,
             prompts,
@@ -192,4 +216,5 @@ def teacher_readiness(
         leakage_phrases=phrases,
         unusable=len(skipped),
         unusable_examples=skipped[:UNUSABLE_EXAMPLES],
+        engine=ran,
     )

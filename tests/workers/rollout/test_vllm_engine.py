@@ -526,6 +526,110 @@ def test_full_fine_tuning_sync_serves_the_updated_weights(
     assert json.loads((tmp_path / "final" / "meta.json").read_text())["rollout_engine"] == "vllm"
 
 
+@pytest.mark.vllm
+def test_sync_weights_says_whether_the_engine_serves_that_step(
+    engines: OneEngine, vllm_model_dir: Path
+) -> None:
+    student = load_model(vllm_model_dir, default_placement("cpu"))
+    engine = engines.open("sync-every-2", SETTINGS.with_overrides({"sync_every": 2}), student=student)
+    assert engine.sync_weights(0) is True
+    assert engine.sync_weights(0) is True  # already synced for step 0
+    assert engine.sync_weights(1) is False  # not due: the engine still serves step 0
+    assert engine.sync_weights(2) is True
+    assert engine.syncs == 2
+    assert engines.static().sync_weights(0) is False  # no student to serve
+    assert TransformersBackend(student, 0, default_placement("cpu")).sync_weights(5) is True
+
+
+def _probe_stage(
+    engines: OneEngine, base_dir: Path, rows: list, out: Path, settings: RolloutSettings
+) -> tuple[Any, list[Any], list[int]]:
+    """A two-step SDFT stage on the vLLM backend whose learning probe has a grader and measures after
+    every step: (the engine, the step metrics, the step each greedy engine call served)."""
+    from workers.rollout.factory import make_backend_factory
+    from workers.training.loop import StageInputs, run_stage
+
+    engines.close()
+    factory = make_backend_factory(settings)
+    built: dict[str, Any] = {}
+    greedy_at: list[int] = []
+
+    def build(student: torch.nn.Module, tokenizer: Any, placement: Any, shape: Any) -> Any:
+        backend = factory(student, tokenizer, placement, shape)
+        generate = backend.generate
+
+        def recording(prompts: Any, params: SamplingParams, should_stop: Any = None) -> Any:
+            if params.greedy:
+                greedy_at.append(backend._synced_step)
+            return generate(prompts, params, should_stop)
+
+        backend.generate = recording
+        built["backend"] = backend
+        return backend
+
+    metrics: list[Any] = []
+    config = StageConfig(method="sdft", lora_rank=4, diagnostics_every=1, probe_rows=4, **FAST)
+    run_stage(
+        base_dir=base_dir,
+        rows=rows,
+        config=config,
+        out_dir=out,
+        backend_factory=build,
+        on_step=metrics.append,
+        inputs=StageInputs(probe_grader="contains"),
+    )
+    return built["backend"], metrics, greedy_at
+
+
+@pytest.mark.vllm
+def test_the_learning_probe_decodes_on_the_rollout_engine(
+    engines: OneEngine, vllm_model_dir: Path, tiny_rows: list, tmp_path: Path
+) -> None:
+    """The probe's greedy answers come from the stage's engine, synced when the next rollout would
+    sync anyway: before step 0, after step 1, and once more after the last step."""
+    settings = SETTINGS.with_overrides({"lora_sync": "adapter"})
+    engine, metrics, greedy_at = _probe_stage(engines, vllm_model_dir, tiny_rows, tmp_path, settings)
+    assert greedy_at == [0, 1, 2]
+    assert engine.syncs == 3  # the rollouts' own syncs at steps 0 and 1 found the engine synced
+    assert all(m.probe_score is not None for m in metrics)
+
+
+@pytest.mark.vllm
+def test_the_learning_probe_never_moves_the_sync_schedule(
+    engines: OneEngine, vllm_model_dir: Path, tiny_rows: list, tmp_path: Path
+) -> None:
+    """With `sync_every` 2 the engine serves step 0's weights after step 1: the probe then decodes
+    with transformers on the student instead of syncing early."""
+    settings = SETTINGS.with_overrides({"lora_sync": "adapter", "sync_every": 2})
+    engine, metrics, greedy_at = _probe_stage(engines, vllm_model_dir, tiny_rows, tmp_path, settings)
+    assert greedy_at == [0, 2]
+    assert engine.syncs == 2
+    assert all(m.probe_score is not None for m in metrics)
+
+
+@pytest.mark.vllm
+def test_the_readiness_probe_answers_on_an_evaluation_engine(
+    engines: OneEngine, vllm_model_dir: Path, tiny_rows: list
+) -> None:
+    """An fp32 engine's greedy answers are transformers': the same answers, scores and NLLs (the
+    model's own), with the engine that generated them on the report."""
+    from workers.training.readiness import teacher_readiness
+
+    engines.close()
+    model = load_model(vllm_model_dir, default_placement("cpu"))
+    tokenizer = load_tokenizer(vllm_model_dir)
+    kwargs: dict[str, Any] = {"grader": "contains", "config": StageConfig(), "holdout": 4, "samples": 2}
+    on_engine = teacher_readiness(model, tokenizer, tiny_rows, engine="vllm", rollout=SETTINGS, **kwargs)
+    on_transformers = teacher_readiness(model, tokenizer, tiny_rows, **kwargs)
+    assert (on_engine.engine, on_transformers.engine) == ("vllm", "transformers")
+    assert on_engine.n == on_transformers.n == 4
+    for engine_row, transformers_row in zip(on_engine.rows, on_transformers.rows, strict=True):
+        assert dataclasses.replace(engine_row, student_sample_score=None) == dataclasses.replace(
+            transformers_row, student_sample_score=None
+        )
+        assert engine_row.student_sample_score is not None  # sampled on the engine: another stream
+
+
 def _engine_holds(worker: Any) -> tuple[int, int]:
     """(linear layers whose packed weights were released, bytes of the engine's parameter storage)."""
     from workers.rollout.vllm_cpu_weights import released_linear

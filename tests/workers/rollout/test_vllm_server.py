@@ -211,8 +211,8 @@ def test_lora_sync_loads_a_job_scoped_adapter_and_unloads_the_previous_one(
 def test_sync_every_k_steps(lora_student: PeftModel) -> None:
     server = FakeServer()
     backend = server.backend(_settings(sync_every=2), student=lora_student)
-    for step in range(5):
-        backend.sync_weights(step)
+    serves = [backend.sync_weights(step) for step in range(5)]
+    assert serves == [True, False, True, False, True]  # the server serves the step's adapter or not
     assert backend.syncs == 3 and server.paths().count("/v1/load_lora_adapter") == 3  # steps 0, 2, 4
     backend.close()
 

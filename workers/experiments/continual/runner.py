@@ -306,6 +306,7 @@ class ContinualExperiment:
             grader_options=material.grader_options,
             max_new_tokens=self.plan.max_new_tokens[skill],
             placement=self.placement,
+            engine=self.plan.eval_backend,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.to_dict()))

@@ -32,6 +32,18 @@ def _teacher(ctx: StageContext, kind: str, base_dir: Path) -> Teacher:
     return build_teacher(kind, ctx.student, base_copy, ctx.config.ema_rate, dtype)
 
 
+def _rollout_shape(ctx: StageContext, sequences: int, sequence_tokens: int) -> RolloutShape:
+    """The most one `generate` of the stage asks its rollout engine for: the objective's rollouts, or
+    the learning probe's greedy answers to its rows' student prompts, which the engine decodes too
+    (workers/training/diagnostics.py)."""
+    if ctx.config.probe_rows == 0:
+        return RolloutShape(sequences, sequence_tokens)
+    return RolloutShape(
+        max(sequences, ctx.config.probe_rows),
+        max(sequence_tokens, ctx.longest_prompt_tokens + ctx.max_new_tokens),
+    )
+
+
 def _sft(
     ctx: StageContext, base_dir: Path, factory: BackendFactory, pool: Sequence[tuple[int, ...]]
 ) -> Objective:
@@ -42,7 +54,8 @@ def _sdft(
     ctx: StageContext, base_dir: Path, factory: BackendFactory, pool: Sequence[tuple[int, ...]]
 ) -> Objective:
     teacher = _teacher(ctx, ctx.config.teacher, base_dir)
-    shape = RolloutShape(
+    shape = _rollout_shape(
+        ctx,
         ctx.resolved.batch_size * ctx.config.rollouts_per_prompt,
         ctx.longest_prompt_tokens + ctx.max_new_tokens,
     )
@@ -59,7 +72,8 @@ def _retention(restore: bool) -> Callable[..., Objective]:
             else None
         )
         parent = _teacher(ctx, "frozen", base_dir)
-        shape = RolloutShape(
+        shape = _rollout_shape(
+            ctx,
             ctx.resolved.retention_batch_size,
             max((len(p) for p in pool), default=0) + ctx.config.retention_max_new_tokens,
         )

@@ -106,7 +106,7 @@ class StepOutcome:
 
 class Objective(Protocol):
     name: str
-    rollout_engine: str  # the backend that samples its rollouts ("none": it samples none)
+    rollouts: RolloutBackend | None  # the backend that samples its rollouts (None: it samples none)
     # The demonstration-conditioned model the probe divergence is measured against (SDFT's teacher);
     # None: the student itself with the demonstration in context.
     reference_teacher: Teacher | None

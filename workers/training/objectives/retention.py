@@ -55,8 +55,7 @@ class RetentionObjective:
         self.name = "sft_retain" if restore_from_step is None else "sft_restore"
         self.ctx = ctx
         self.parent = parent
-        self.backend = backend
-        self.rollout_engine = backend.name
+        self.rollouts: RolloutBackend | None = backend
         self.pool = [DistillPrompt(ids, ids) for ids in pool]
         self.restore_from_step = restore_from_step
         self.distillation = OnPolicyDistillation(
@@ -104,4 +103,4 @@ class RetentionObjective:
         """Nothing saved, nothing to load."""
 
     def close(self) -> None:
-        self.backend.close()
+        self.distillation.backend.close()

@@ -27,8 +27,7 @@ class SdftObjective:
     def __init__(self, ctx: StageContext, teacher: Teacher, backend: RolloutBackend) -> None:
         self.teacher = teacher
         self.reference_teacher: Teacher | None = teacher
-        self.backend = backend
-        self.rollout_engine = backend.name
+        self.rollouts: RolloutBackend | None = backend
         self.leak_phrases = default_leakage_phrases(ctx.config.teacher_template)
         self.distillation = OnPolicyDistillation(
             ctx,
@@ -55,4 +54,4 @@ class SdftObjective:
         self.teacher.load_state_tensors(tensors)
 
     def close(self) -> None:
-        self.backend.close()
+        self.distillation.backend.close()

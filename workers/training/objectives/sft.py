@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from workers.rollout.base import RolloutBackend
 from workers.training.objectives.base import StageContext, StepOutcome, outcome_of, supervised_term
 from workers.training.prompts import PreparedExample
 from workers.training.teacher import Teacher
@@ -13,7 +14,7 @@ from workers.training.teacher import Teacher
 
 class SftObjective:
     name = "sft"
-    rollout_engine = "none"
+    rollouts: RolloutBackend | None = None
     reference_teacher: Teacher | None = None
 
     def __init__(self, ctx: StageContext) -> None:
