@@ -15,9 +15,9 @@ For each demo skill (`app/examples`: the facts, then the format) on SmolLM2:
   with vLLM rollouts, where its greedy answers come from the stage's engine after the sync the next
   rollout makes anyway, and with transformers rollouts, where `transformers.generate` decodes them.
   Median seconds per measurement (divergence, NLL and greedy score together; the step-0 baseline
-  excluded). On CPU an engine whose every rollout follows a full sync releases its weights after
-  each `generate`, so each probe also costs the next step one more sync: the syncs column counts them
-  (the steps' own are `--steps`). The engine runs bf16 where the CPU has it natively and the two
+  excluded), the probe's own weight sync included: the syncs column counts the steps' (`--steps`)
+  and the probes' (one more each; on CPU the engine releases its weights after every `generate`, so
+  the next step's rollout still syncs). The engine runs bf16 where the CPU has it natively and the two
   stages' rollouts differ, so the last probe scores need not agree.
 
 `--rounds` times, vLLM first, in one process that imports vLLM before the first timing (as a worker
