@@ -23,6 +23,7 @@ from workers.rollout.base import RolloutShape
 from workers.rollout.factory import engine_fallback_note, make_backend_factory
 from workers.training.checkpointing import latest_checkpoint
 from workers.training.loop import run_stage
+from workers.training.readiness import teacher_readiness
 
 FAST = {"batch_size": 2, "micro_batch_size": 2, "max_new_tokens": 6, "max_steps": 1, "probe_rows": 0}
 QUESTIONS = ["What is 2 plus 2?", "Where is Paris?"]
@@ -63,7 +64,7 @@ def test_a_stage_records_the_engine_that_sampled_its_rollouts(
 
 
 def test_without_vllm_rollouts_and_evaluations_fall_back_to_transformers(
-    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, tmp_path: Path, tiny_rows: list
 ) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     placement = default_placement("cpu")
@@ -77,6 +78,11 @@ def test_without_vllm_rollouts_and_evaluations_fall_back_to_transformers(
     with pytest.warns(UserWarning, match="vLLM engine for evaluation did not start"):
         evaluation = evaluate_model_dir(tiny_model_dir, [suite], backend_kind="vllm")
     assert evaluation.engine == "transformers" and evaluation.results[0].meta["engine"] == "transformers"
+    with pytest.warns(UserWarning, match="vLLM engine for evaluation did not start"):
+        report = teacher_readiness(
+            student, tokenizer, tiny_rows, grader="contains", config=StageConfig(), holdout=2, engine="vllm"
+        )
+    assert report.engine == "transformers" and report.n == 2
 
 
 def test_a_job_is_told_when_transformers_ran_instead_of_vllm() -> None:

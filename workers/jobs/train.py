@@ -118,6 +118,9 @@ def _choose_method(run: JobRun, job: Job, data: StageData, parent: Path, out_dir
                 message=report.message,
                 data=report.to_dict(),
             )
+            note = engine_fallback_note("readiness probe's answers", run.ctx.eval_backend, report.engine)
+            if note:
+                run.warn(session, note, {"stage": index})
         if chosen.choice is not None:
             run.event(
                 session,

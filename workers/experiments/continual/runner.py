@@ -307,6 +307,7 @@ class ContinualExperiment:
             max_new_tokens=self.plan.max_new_tokens[skill],
             placement=self.placement,
             engine=self.plan.eval_backend,
+            rollout=self.rollout,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report.to_dict()))
