@@ -166,11 +166,8 @@ def main() -> None:
             runs = learning[(skill, engine)]
             seconds = [r["seconds"] for r in runs]
             syncs = ", ".join(str(r["syncs"]) for r in runs) if runs[0]["syncs"] is not None else "-"
-            label = "the stage's vLLM engine (ours)" if engine == "vllm" else LABELS[engine]
-            if runs[0]["engine"] != engine:
-                label += f" (ran {runs[0]['engine']})"
             print(
-                f"| {skill} | {label} | {', '.join(f'{s:.2f}' for s in seconds)} | "
+                f"| {skill} | {_label(engine, runs)} | {', '.join(f'{s:.2f}' for s in seconds)} | "
                 f"{statistics.median(seconds) / peer:.2f} | {syncs} | "
                 f"{', '.join(str(r['last_score']) for r in runs)} |"
             )
