@@ -189,10 +189,11 @@ def report_job(client: httpx.Client, job: dict[str, Any]) -> None:
         diagnostics = training.get("diagnostics") or {}
         if diagnostics.get("probe_baseline") is not None:
             state = "stalled" if diagnostics["learning_stalled"] else "learning"
+            scores = [diagnostics.get("probe_baseline_score"), diagnostics["probe_score"]]
             print(
                 f"learning diagnostics: probe divergence {diagnostics['probe_baseline']:.3f} -> "
                 f"{diagnostics['probe_divergence']:.3f} nats/token, probe score "
-                f"{diagnostics['probe_score']}, {state}"
+                f"{' -> '.join('-' if s is None else f'{s:.2f}' for s in scores)}, {state}"
             )
         if version.get("gate_report"):
             print(render_gate(version["gate_report"]))

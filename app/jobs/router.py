@@ -140,6 +140,7 @@ METRICS_CSV_COLUMNS = (
     "probe_nll",
     "probe_score",
     "probe_baseline",
+    "probe_baseline_score",
     "probe_seconds",
     "learning_stalled",
 )

@@ -140,7 +140,8 @@ class StageConfig(BaseModel):
     # Learning diagnostics, measured on a fixed probe batch of the stage's own demonstrations.
     probe_rows: int = Field(default=8, ge=0, le=64)  # 0 turns the diagnostics off
     diagnostics_every: Steps | Auto = AUTO  # auto: about 8 measurements per stage
-    # Warn when the probe divergence has not fallen by stall_min_drop (relative) after this share of steps.
+    # Warn when, after this share of steps, the probe divergence has never fallen by stall_min_drop
+    # (relative) and the probe's greedy score never risen (app/training/diagnostics.py, ProbeRecord).
     stall_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     stall_min_drop: float = Field(default=0.05, ge=0.0, lt=1.0)
 

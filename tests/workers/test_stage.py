@@ -160,6 +160,13 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
         inputs=inputs,
     )
     assert steps == [3, 4, 5], "step 3 is redone from the checkpoint, never applied twice"
+    # The stall rule judges the resumed stage against the readings taken before the crash.
+    probe_keys = ("probe_baseline", "probe_baseline_score", "probe_lowest", "probe_highest_score")
+    straight_meta, resumed_meta = (
+        {k: latest_checkpoint(out).meta[k] for k in probe_keys}  # type: ignore[union-attr]
+        for out in (tmp_path / "straight", crashed)
+    )
+    assert straight_meta == pytest.approx(resumed_meta)
     a, b = _weights(straight.model_dir), _weights(resumed.model_dir)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
@@ -279,6 +286,7 @@ def test_diagnostics_are_measured_and_a_stall_is_flagged(
     assert [m.learning_stalled for m in seen] == [False, True, True, True]
     baseline = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert baseline["step"] == 0 and baseline["probe_divergence"] == pytest.approx(seen[0].probe_baseline)
+    assert all(m.probe_baseline_score == baseline["probe_score"] for m in seen)
 
 
 def test_pinned_losses_of_a_seeded_tiny_run(tiny_model_dir: Path, tiny_rows: list, tmp_path: Path) -> None:

@@ -170,6 +170,7 @@ class StepReporter:
                     steps=m.total_steps,
                     baseline=m.probe_baseline,
                     current=m.probe_divergence,
+                    baseline_score=m.probe_baseline_score,
                     method=m.method,
                 )
                 self.run.warn(session, message, metrics)
@@ -264,6 +265,7 @@ def train_stage(run: JobRun, job: Job) -> None:
             "probe_baseline": last.probe_baseline,
             "probe_divergence": last.probe_divergence,
             "probe_nll": last.probe_nll,
+            "probe_baseline_score": last.probe_baseline_score,
             "probe_score": last.probe_score,
             "learning_stalled": last.learning_stalled,
         },

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from app.contracts.artifacts import model_dir_sha256, publish_dir
 from app.contracts.demonstrations import Demonstration
-from app.training.diagnostics import loss_concentration, probe_stalled
+from app.training.diagnostics import ProbeRecord, loss_concentration
 from app.training.stage_config import ResolvedStage, StageConfig, resolve
 from workers.models.chat import ChatRenderer
 from workers.models.loading import load_model, load_tokenizer, stop_token_ids
@@ -69,8 +69,10 @@ class StepMetrics:
     probe_nll: float | None = None  # the student's NLL of the demonstrations, nats/token
     probe_score: float | None = None  # share of probe prompts the student answers right, greedy
     probe_baseline: float | None = None  # the probe divergence before the first step
+    probe_baseline_score: float | None = None  # the probe's greedy score before the first step
     probe_seconds: float | None = None  # the part of `seconds` spent measuring the probe
-    # True once the probe divergence has not fallen after stall_fraction of the steps (the job warns).
+    # True while, after stall_fraction of the steps, neither has the probe divergence fallen nor the
+    # greedy score risen since the first step (`ProbeRecord.stalled`; the job warns once).
     learning_stalled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,7 +213,7 @@ class Stage:
             self.optimizer,
             lambda s: lr_multiplier(s, resolved.max_steps, resolved.warmup_steps, resolved.lr_schedule),
         )
-        self.probe_baseline: float | None = None  # the probe divergence before the first step
+        self.probe_record: ProbeRecord | None = None  # set by the measurement before the first step
         self.stalled = False
 
     def batch(self, step: int) -> list[PreparedExample]:
@@ -246,10 +248,9 @@ class Stage:
             self.measure(done) if done % self.ctx.resolved.diagnostics_every == 0 or done == total else None
         )
         probe_seconds = None if measured is None else time.perf_counter() - probe_started
-        if measured is not None and self.probe_baseline is not None and not self.stalled:
-            self.stalled = probe_stalled(
-                self.probe_baseline,
-                measured.divergence,
+        if measured is not None and self.probe_record is not None:
+            self.probe_record = self.probe_record.updated(measured.divergence, measured.greedy_score)
+            self.stalled = self.probe_record.stalled(
                 done_fraction=done / total,
                 stall_fraction=self.ctx.config.stall_fraction,
                 min_relative_drop=self.ctx.config.stall_min_drop,
@@ -274,7 +275,8 @@ class Stage:
             probe_divergence=None if measured is None else measured.divergence,
             probe_nll=None if measured is None else measured.nll,
             probe_score=None if measured is None else measured.greedy_score,
-            probe_baseline=self.probe_baseline,
+            probe_baseline=None if self.probe_record is None else self.probe_record.baseline,
+            probe_baseline_score=None if self.probe_record is None else self.probe_record.baseline_score,
             probe_seconds=probe_seconds,
             learning_stalled=self.stalled,
         )
@@ -379,7 +381,7 @@ def run_stage(
     if checkpoint is not None:
         objective.load_state_tensors(load_training_state(checkpoint, stage.optimizer, stage.scheduler))
         start = checkpoint.step
-        stage.probe_baseline = checkpoint.meta.get("probe_baseline")
+        stage.probe_record = ProbeRecord.from_meta(checkpoint.meta)
         stage.stalled = bool(checkpoint.meta.get("learning_stalled", False))
 
     meta = {
@@ -407,7 +409,7 @@ def run_stage(
                 **meta,
                 "max_steps": resolved.max_steps,
                 "data_position": data_position,
-                "probe_baseline": stage.probe_baseline,
+                **({} if stage.probe_record is None else stage.probe_record.to_meta()),
                 "learning_stalled": stage.stalled,
             },
             keep=2,
@@ -416,8 +418,8 @@ def run_stage(
     try:
         if start == 0 and probe is not None:
             baseline = stage.measure(0)
-            stage.probe_baseline = None if baseline is None else baseline.divergence
             if baseline is not None:
+                stage.probe_record = ProbeRecord.start(baseline.divergence, baseline.greedy_score)
                 with metrics_log.open("a") as f:
                     f.write(
                         json.dumps({"step": 0, "total_steps": resolved.max_steps, **baseline.to_dict()})
