@@ -18,8 +18,9 @@ class RowProblem:
     reason: str
 
     def __str__(self) -> str:
-        where = f"line {self.line}" if self.line is not None else "file"
-        return f"{where}: {self.field}: {self.reason}"
+        if self.line is None:  # a whole-file problem: its field already says what it concerns
+            return f"{self.field}: {self.reason}"
+        return f"line {self.line}: {self.field}: {self.reason}"
 
 
 class Problems:

@@ -484,6 +484,11 @@ GRADERS: Mapping[str, GraderFn] = MappingProxyType(
 KNOWN_GRADERS: frozenset[str] = frozenset({*GRADERS, "choice"})
 
 
+def unknown_grader(grader: object) -> str:
+    """The one message for a grader name we do not have, listing those we do."""
+    return f"unknown grader {grader!r} (known: {', '.join(sorted(KNOWN_GRADERS))})"
+
+
 def grade(
     grader: str,
     output: str,
@@ -498,6 +503,6 @@ def grade(
     if grader == "choice":
         raise ValueError("the choice grader needs option log-likelihoods: use grade_choice")
     if grader not in GRADERS:
-        raise ValueError(f"unknown grader {grader!r} (known: {', '.join(sorted(KNOWN_GRADERS))})")
+        raise ValueError(unknown_grader(grader))
     references: Sequence[Any] = [reference] if isinstance(reference, str | Mapping) else list(reference)
     return GRADERS[grader](output, references, options or {})

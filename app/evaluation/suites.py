@@ -27,6 +27,7 @@ from app.evaluation.graders import (
     parse_number,
     parse_tool_call_reference,
     tool_call_reference_from_golden,
+    unknown_grader,
     validate_grader_options,
 )
 
@@ -77,7 +78,7 @@ class SuiteMeta(BaseModel):
     @classmethod
     def _known_grader(cls, grader: str) -> str:
         if grader not in KNOWN_GRADERS:
-            raise ValueError(f"unknown grader {grader!r} (known: {', '.join(sorted(KNOWN_GRADERS))})")
+            raise ValueError(unknown_grader(grader))
         return grader
 
     @field_validator("grader_options")
@@ -327,7 +328,7 @@ def _parse_row(row: dict[str, Any], line: int, meta: SuiteMeta, problems: Proble
         if isinstance(raw_grader, str) and raw_grader in KNOWN_GRADERS:
             grader = raw_grader
         else:
-            check.fail("grader", f"unknown grader {raw_grader!r} (known: {', '.join(sorted(KNOWN_GRADERS))})")
+            check.fail("grader", unknown_grader(raw_grader))
             grader = None  # grader-specific checks would only add noise
 
     prompt = _parse_prompt(row, check)

@@ -57,6 +57,39 @@ def test_bad_config_and_data_are_reported_together_before_any_compute(
     assert not (tmp_path / "o").exists()
 
 
+def test_bad_yaml_and_an_unknown_grader_are_problems_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "demos.jsonl"
+    data.write_text('{"prompt": "ok", "demonstration": "ok"}\n')
+    config = tmp_path / "stage.yaml"
+    config.write_text("method: sdft\nbatch_size: [1\n")
+    missing = str(tmp_path / "missing")
+    code = main(["train", "--data", str(data), "--base", missing, "--out", str(tmp_path / "o"),
+                 "--config", str(config), "--grader", "bogus"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "3 problem(s), nothing was run" in err
+    assert f"config: {config}: not valid YAML at line 3, column 1:" in err
+    assert "grader: unknown grader 'bogus' (known: choice, contains," in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_output_directory_that_cannot_be_made_is_reported_before_any_compute(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "demos.jsonl"
+    data.write_text('{"prompt": "ok", "demonstration": "ok"}\n')
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "out"
+    code = main(["train", "--data", str(data), "--base", str(tiny_model_dir), "--out", str(out),
+                 "--backend", "transformers"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"out: cannot create {out}: Not a directory" in captured.err
+    assert captured.out == ""  # the readiness probe never ran (it prints its choice)
+
+
 def test_a_teacher_prompt_that_does_not_fit_is_a_data_error(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,13 +16,22 @@ EVAL_SUITES_HELP = (
 
 
 def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
-    """Checks `sdft eval` and `sdft gate` share: backend available, batch size, JSON output folder."""
+    """Checks `sdft eval` and `sdft gate` share: backend available, batch size, token budget, JSON
+    output folder."""
     problems = backend_problems(args.backend)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        problems.append(f"max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     if args.batch_size < 1:
         problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         problems.append(f"json: the directory of {args.json} does not exist")
     return problems
+
+
+def _token_override(args: argparse.Namespace) -> int | None:
+    """--max-new-tokens for the suites; an invalid one is reported as the option's problem, once,
+    not as every suite's metadata problem (which would hide the suites' own)."""
+    return args.max_new_tokens if args.max_new_tokens is not None and args.max_new_tokens >= 1 else None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -33,7 +42,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     problems: list[str] = []
     suites = []
     for path in args.suite:
-        suite, suite_problems = load_suite_spec(path, grader=args.grader, max_new_tokens=args.max_new_tokens)
+        suite, suite_problems = load_suite_spec(
+            path, grader=args.grader, max_new_tokens=_token_override(args)
+        )
         problems += suite_problems
         if suite is not None:
             suites.append(suite)
@@ -107,7 +118,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
         if role_problem:
             problems.append(role_problem)
             continue
-        suite, suite_problems = load_suite_spec(path, grader=args.grader, max_new_tokens=args.max_new_tokens)
+        suite, suite_problems = load_suite_spec(
+            path, grader=args.grader, max_new_tokens=_token_override(args)
+        )
         problems += suite_problems
         if suite is not None:
             suites.append(suite)

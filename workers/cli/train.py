@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.contracts.rollout_settings import ENV_PREFIX, RolloutSettings, rollout_settings_from_env
+from app.evaluation.graders import KNOWN_GRADERS, unknown_grader
 from app.training.stage_config import METHODS
 from workers.cli.common import backend_problems, quiet_engine_log, report_problems
 
@@ -17,7 +18,13 @@ def _read_config_file(path: str) -> dict[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:  # not a ValueError: say where, in one line
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            reason = getattr(exc, "problem", None) or exc
+            raise ValueError(f"{path}: not valid YAML{where}: {reason}") from exc
     else:
         data = json.loads(text)
     if not isinstance(data, dict):
@@ -76,8 +83,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         problems.append(f"data: {exc}")
     if not Path(args.base, "config.json").is_file():
         problems.append(f"base: {args.base} is not a model directory (no config.json)")
+    if args.grader not in KNOWN_GRADERS:
+        problems.append(f"grader: {unknown_grader(args.grader)}")
     if problems or config is None or rollout is None:
         return report_problems(problems)
+    try:  # before the probe and the model load, and only once nothing else is wrong
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return report_problems([f"out: cannot create {args.out}: {exc.strerror or exc}"])
 
     from app.training.retention_pool import build_retention_pool
     from workers.rollout.factory import make_backend_factory

@@ -89,8 +89,10 @@ def test_every_problem_is_reported_at_once_and_nothing_is_returned() -> None:
 
 
 def test_empty_file_duplicate_ids_and_huge_rows() -> None:
-    with pytest.raises(DatasetError, match="no rows"):
+    with pytest.raises(DatasetError, match="no rows") as empty:
         parse_demonstrations("\n\n")
+    # A whole-file problem names its field once ("file: file: ..." before).
+    assert [str(p) for p in empty.value.problems] == ["file: the dataset has no rows"]
     dup = '{"prompt": "q", "demonstration": "a", "id": 1}\n{"prompt": "q2", "demonstration": "b", "id": 1}'
     with pytest.raises(DatasetError, match="duplicate id"):
         parse_demonstrations(dup)

@@ -103,12 +103,21 @@ def test_eval_reports_every_bad_input_before_loading_a_model(
     bad_meta = write_suite(tmp_path / "meta.jsonl", ["x"] * 6, meta={"grader": "exact"})
     missing = tmp_path / "missing.jsonl"
     suites = ["--suite", str(bad_rows), "--suite", str(missing), "--suite", str(bad_meta)]
-    options = ["--batch-size", "0", "--json", str(tmp_path / "no-such-dir" / "out.json")]
+    options = [
+        "--batch-size",
+        "0",
+        "--max-new-tokens",
+        "-3",
+        "--json",
+        str(tmp_path / "no-such-dir" / "out.json"),
+    ]
     code = main(["eval", "--model", str(broken_model), *suites, *options])
     stderr = capsys.readouterr().err
     assert code == 2
-    assert "6 problem(s), nothing was run" in stderr
+    assert "7 problem(s), nothing was run" in stderr
     assert "batch-size: must be >= 1, got 0" in stderr and "json: the directory of" in stderr
+    # The bad token budget is the option's problem, once, and the suites' own rows are still read.
+    assert "max-new-tokens: must be >= 1, got -3" in stderr and "decoding.max_new_tokens" not in stderr
     assert f"{bad_rows}: line 2: prompt: must be a string or a list of messages, got int" in stderr
     assert f"{bad_rows}: line 3: row: not valid JSON" in stderr
     assert f"{missing}: no such file" in stderr

@@ -30,9 +30,15 @@ def test_when_no_rate_keeps_general_knowledge_the_least_forgetting_wins() -> Non
 
 def test_plan_checks_report_every_problem() -> None:
     with pytest.raises(ValueError) as info:
-        ExperimentPlan(skills=("format",), recipes=("auto", "nope"), seeds=0, max_new_tokens={})
+        ExperimentPlan(skills=("format",), recipes=("auto", "nope"), seeds=0, max_new_tokens={}, lora_rank=0)
     message = str(info.value)
-    for part in ("recipes: choose from", "seeds", "max_new_tokens", "auto trains with the rates"):
+    for part in (
+        "recipes: choose from",
+        "seeds",
+        "max_new_tokens",
+        "auto trains with the rates",
+        "lora_rank",
+    ):
         assert part in message
     plan = ExperimentPlan.quick("format", max_new_tokens={"format": 8})
     assert plan.training_order[-1] == "auto" and plan.seeds == 1

@@ -150,6 +150,10 @@ class ExperimentPlan:
             problems.append(f"max_new_tokens: no length cap for {', '.join(missing_caps)}")
         if self.batch_size < 1:
             problems.append(f"batch_size: must be at least 1, got {self.batch_size}")
+        if (
+            self.lora_rank is not None and self.lora_rank < 1
+        ):  # else every stage would fail after the base's scoring
+            problems.append(f"lora_rank: must be at least 1, got {self.lora_rank}")
         if not LABEL_PATTERN.fullmatch(self.label):
             problems.append(
                 f"label: {self.label!r} must be lower-case letters, digits, '.', '_' or '-' (it names files)"
