@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # Workers (read by workers/; kept here so one Settings describes a deployment).
     # A job lease not renewed for this long is abandoned and the job is handed to another worker.
     lease_ttl_seconds: float = Field(default=120.0, gt=0)
-    # How long a job waits before retrying when another job holds its base version's lineage.
+    # How long a job waits before checking again when another job holds its base version's lineage.
     lineage_wait_seconds: float = Field(default=30.0, gt=0)
     reaper_interval_seconds: float = Field(default=30.0, gt=0)
     # Far longer than any job, so the broker never redelivers a task while it runs (leases cover crashes).

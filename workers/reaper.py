@@ -6,8 +6,9 @@ the visibility timeout (hours, so that long jobs are never run twice). The job l
 `lease_ttl_seconds` instead, and a reaper then sends the job again; the task that receives it resumes
 the stage from its last checkpoint. A queued job whose message was lost (a broker restart) is sent
 again the same way. Every worker runs a reaper, but a job is re-sent once per lease lifetime, by the
-reaper that takes its short `reap:` lease first; a duplicate message is harmless anyway (a job is run
-only by the holder of its lease), and a job re-delivered too often is failed by the task.
+reaper that takes its short `reap:` lease first, and never while a job waiting for its lineage holds
+that lease; a duplicate message is harmless anyway (a job is run only by the holder of its lease), and
+a job re-delivered too often is failed by the task.
 
 Each round also re-sends webhook deliveries whose task was lost (workers/webhooks.py).
 """
@@ -45,10 +46,13 @@ def reap_once(
     """Re-send each orphan this reaper wins the `reap:` lease of (held for a lease lifetime)."""
     sent = []
     for job_id in orphaned_jobs(session, stale_after_seconds=stale_after_seconds):
-        if not leases.acquire(
-            session, key=f"reap:{job_id}", owner=reaper_id, job_id=job_id, ttl_seconds=stale_after_seconds
+        key = leases.reap_key(job_id)
+        # Held by anyone, this reaper included: a message is already on its way (a re-send within the
+        # last lease lifetime, or a job waiting for its lineage, workers/jobs/claim.py).
+        if leases.holder(session, key) is not None or not leases.acquire(
+            session, key=key, owner=reaper_id, job_id=job_id, ttl_seconds=stale_after_seconds
         ):
-            continue  # another reaper re-sent it within the last lease lifetime
+            continue
         log.warning("re-sending %s: no worker holds its lease", job_id)
         producer.send(TaskName.TRAIN_JOB, job_id)
         sent.append(job_id)

@@ -87,14 +87,13 @@ def validate_job_task(job_id: str) -> str:
 @app.task(
     name=str(TaskName.TRAIN_JOB),
     base=JobTask,
-    bind=True,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=MAX_RETRIES,
 )
-def train_job_task(self: Task, job_id: str) -> str:
-    from workers.jobs.claim import LineageBusy
+def train_job_task(job_id: str) -> str:
+    from workers.jobs.claim import LineageBusy, wait_for_lineage
     from workers.jobs.context import WorkerContext, worker_id
     from workers.jobs.run import run_job
     from workers.rollout.factory import make_backend_factory
@@ -111,9 +110,15 @@ def train_job_task(self: Task, job_id: str) -> str:
     )
     try:
         return run_job(job_id, ctx)
-    except LineageBusy as busy:
-        # Not an error: one writer per lineage. Check again later, without counting a retry.
-        raise self.retry(countdown=settings.lineage_wait_seconds, max_retries=None, exc=busy) from None
+    except LineageBusy as busy:  # not an error: one writer per lineage
+        with ctx.session() as session:
+            wait_for_lineage(
+                session,
+                job_id,
+                wait_seconds=settings.lineage_wait_seconds,
+                lease_ttl_seconds=settings.lease_ttl_seconds,
+            )
+        return f"{job_id}: {busy}; checking again in {settings.lineage_wait_seconds:g} s"
 
 
 @app.task(

@@ -24,6 +24,11 @@ def lineage_key(version_id: str) -> str:
     return f"lineage:{version_id}"
 
 
+def reap_key(job_id: str) -> str:
+    """Held while a message for the job is on its way (a reaper's re-send, a lineage wait's next check)."""
+    return f"reap:{job_id}"
+
+
 def acquire(
     session: Session, *, key: str, owner: str, job_id: str, ttl_seconds: float, same_job_ok: bool = False
 ) -> bool:

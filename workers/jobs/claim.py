@@ -11,9 +11,12 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from app.jobs import service as jobs
 from app.jobs.states import JobStatus, is_terminal
 from app.leases import service as leases
+from app.queue import TaskName, enqueue_after_commit
 from workers.jobs import messages
 from workers.jobs.context import WorkerContext
 from workers.jobs.errors import LeaseLost
@@ -21,8 +24,12 @@ from workers.jobs.errors import LeaseLost
 log = logging.getLogger(__name__)
 
 
+# Owns a job's reap lease while the job waits for its lineage (every waiting message alike).
+LINEAGE_WAIT_OWNER = "lineage-wait"
+
+
 class LineageBusy(Exception):
-    """Another job is extending the same version; this one waits its turn (the task retries later)."""
+    """Another job is extending the same version; this one waits its turn (`wait_for_lineage`)."""
 
     def __init__(self, holder_job_id: str) -> None:
         super().__init__(f"waiting for {holder_job_id}, which extends the same version")
@@ -97,6 +104,23 @@ def claim(ctx: WorkerContext, job_id: str) -> Claim | str:
                 session, job_id=job_id, level="info", type="message", message=messages.resumed(owner, status)
             )
     return Claim(keys, status)
+
+
+def wait_for_lineage(session: Session, job_id: str, *, wait_seconds: float, lease_ttl_seconds: float) -> None:
+    """Check again in `wait_seconds`, as long as the other job takes: a fresh message, not a Celery
+    retry (retries are counted, and the last would fail a job that only waited). The job's reap lease
+    tells the reapers that message is on its way; if it is lost, the lease runs out and a reaper
+    re-sends the job."""
+    leases.acquire(
+        session,
+        key=leases.reap_key(job_id),
+        owner=LINEAGE_WAIT_OWNER,
+        job_id=job_id,
+        ttl_seconds=wait_seconds + lease_ttl_seconds,
+        same_job_ok=True,  # taken over from a reaper that re-sent this very message
+    )
+    # Not required: a broker outage here is the lost message above, not an error of this job.
+    enqueue_after_commit(session, TaskName.TRAIN_JOB, job_id, countdown=wait_seconds, required=False)
 
 
 def release(ctx: WorkerContext, keys: list[str]) -> None:

@@ -45,7 +45,7 @@ def _count_delivery(ctx: WorkerContext, job_id: str) -> int:
 
 def run_job(job_id: str, ctx: WorkerContext) -> str:
     """Run the job as far as it goes; returns what happened, for the task log. Raises LineageBusy
-    when another job holds the lineage (the task retries later)."""
+    when another job holds the lineage (the task checks again later, `wait_for_lineage`)."""
     claimed = claim(ctx, job_id)
     if isinstance(claimed, str):
         return claimed

@@ -45,5 +45,7 @@ def validate_job(session: Session, store: Store, job_id: str) -> str:
         jobs.advance(session, job_id, JobStatus.VALIDATING, JobStatus.FAILED, error=error)
         return f"failed validation: {error['message']}"
     if jobs.advance(session, job_id, JobStatus.VALIDATING, JobStatus.QUEUED):
-        enqueue_after_commit(session, TaskName.TRAIN_JOB, job_id)
+        # Not required: a queued job whose message the broker lost is re-sent by the reaper, so a
+        # broker outage here must not fail a job that validated.
+        enqueue_after_commit(session, TaskName.TRAIN_JOB, job_id, required=False)
     return f"{job_id} queued"

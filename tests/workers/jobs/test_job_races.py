@@ -1,18 +1,22 @@
 """Races around a job's end, on SQLite and PostgreSQL, against the real database code: a job cancelled
 while it is being evaluated is never promoted; a promotion whose alias moved since the job was created
 registers the version and leaves the alias alone; two workers racing one expired lease: one runs the
-job, the other exits cleanly, and the job does not fail."""
+job, the other exits cleanly, and the job does not fail. And around its start: a job waiting for its
+lineage waits as long as the other job takes, while the reapers send nothing more; a validated job whose
+message the broker lost stays queued for the reaper."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import Principal, Scope
@@ -22,20 +26,25 @@ from app.errors import Conflict
 from app.files import service as files
 from app.files.service import FilePurpose
 from app.jobs import service as jobs
+from app.jobs.models import Job
 from app.jobs.schemas import JobCreate
 from app.jobs.states import JobStatus
 from app.leases import service as leases
-from app.queue import TaskProducer, producer_info
+from app.leases.models import Lease
+from app.queue import TaskName, TaskProducer, producer_info
 from app.registry import service as registry
 from app.registry.aliases import service as aliases
 from app.settings import Settings
 from app.storage import make_store
 from app.suites import service as suites
 from app.suites.schemas import SuiteCreate
+from tests.app.api.conftest import drain_broker
 from tests.conftest import arithmetic_rows
 from workers.jobs.claim import claim
 from workers.jobs.context import WorkerContext
 from workers.jobs.promote import succeed_and_promote
+from workers.jobs.validate import validate_job
+from workers.reaper import reap_once
 
 ADMIN = Principal(token_id="tok_system", name="test", scopes=frozenset({Scope.ADMIN}))
 SUITE = '{"prompt": "What is 1 plus 1?", "reference": "2"}\n'
@@ -189,3 +198,68 @@ def test_two_workers_racing_an_expired_lease_run_it_once(world: World) -> None:
         assert jobs.get_job(session, job.id).status == "running"
         holder = leases.holder(session, leases.job_key(job.id))
         assert holder is not None and holder.owner in ("w0", "w1")
+
+
+def test_a_job_waits_for_its_lineage_as_long_as_the_other_job_takes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.tasks as tasks
+    from app.settings import get_settings
+
+    with session_scope(world.sessions) as session:
+        running, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        waiting, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        for job_id in (running.id, waiting.id):
+            jobs.advance(session, job_id, JobStatus.VALIDATING, JobStatus.QUEUED)
+        jobs.advance(session, running.id, JobStatus.QUEUED, JobStatus.RUNNING)
+        # Another worker runs the first job, for longer than every retry a task has.
+        for key in (leases.job_key(running.id), leases.lineage_key(world.base_id)):
+            leases.acquire(session, key=key, owner="other", job_id=running.id, ttl_seconds=3600)
+        running_id, waiting_id = running.id, waiting.id
+    drain_broker(world.settings, "gpu")
+    # The task as a worker runs it, on this world's database and broker.
+    for name, value in [("DATA_DIR", world.settings.data_dir), ("DATABASE_URL", world.settings.database_url),
+                        ("BROKER_URL", world.settings.broker_url)]:  # fmt: skip
+        monkeypatch.setenv(f"SDFT_{name}", str(value))
+    for cached in (get_settings, tasks._engine, tasks._producer):
+        cached.cache_clear()
+    try:
+        for _ in range(tasks.MAX_RETRIES + 2):
+            result = tasks.train_job_task.apply(args=[waiting_id])
+            assert result.successful() and f"waiting for {running_id}" in result.get()
+    finally:
+        for cached in (get_settings, tasks._engine, tasks._producer):
+            cached.cache_clear()
+    # Each check sent the next one: a fresh message, so no retry was counted and the job still waits.
+    assert drain_broker(world.settings, "gpu") == [{"task": TaskName.TRAIN_JOB, "args": [waiting_id]}] * (
+        tasks.MAX_RETRIES + 2
+    )
+    producer = TaskProducer(world.settings.broker_url)
+    with session_scope(world.sessions) as session:
+        assert jobs.get_job(session, waiting_id).status == "queued"
+        session.execute(update(Job).where(Job.id == waiting_id).values(updated_at=int(time.time()) - 120))
+        # No job lease, so it looks orphaned, but its next check is on its way: the reapers send nothing.
+        assert reap_once(session, producer, stale_after_seconds=60, reaper_id="r1") == []
+        # That message was lost: once its lease runs out, one reaper sends the job once.
+        session.execute(
+            update(Lease).where(Lease.key == leases.reap_key(waiting_id)).values(expires_at=time.time() - 1)
+        )
+    with session_scope(world.sessions) as session:
+        assert reap_once(session, producer, stale_after_seconds=60, reaper_id="r1") == [waiting_id]
+    for reaper in ("r1", "r2"):  # not again in the next rounds, by the same reaper or another
+        with session_scope(world.sessions) as session:
+            assert reap_once(session, producer, stale_after_seconds=60, reaper_id=reaper) == []
+    assert drain_broker(world.settings, "gpu") == [{"task": TaskName.TRAIN_JOB, "args": [waiting_id]}]
+
+
+def test_a_validated_job_whose_message_is_lost_stays_queued(world: World) -> None:
+    with session_scope(world.sessions) as session:
+        job_id = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))[0].id
+    unreachable = make_sessionmaker(
+        world.sessions.kw["bind"], info=producer_info(TaskProducer("redis://127.0.0.1:1/0"))
+    )
+    store = make_store(world.settings.storage_path)
+    with session_scope(unreachable) as session:  # no TaskNotSent: the reaper re-sends a queued job
+        assert validate_job(session, store, job_id) == f"{job_id} queued"
+    with session_scope(world.sessions) as session:
+        assert jobs.get_job(session, job_id).status == "queued"
