@@ -3,8 +3,9 @@
 Policy (see service-anchors §c, "paired non-inferiority"), all in points (0..100):
 - prior suite (earlier skills, general suites): pass iff the paired-bootstrap lower bound of
   (candidate − parent) ≥ −tolerance AND the point delta ≥ −tolerance;
-- new-skill suite: pass iff (min_score is None or candidate mean ≥ min_score) AND (improvement
-  not required, or the paired lower bound of the gain > 0);
+- new-skill suite: pass iff it holds as a prior suite does (it may be an earlier skill's suite listed
+  again, and is never allowed to drop) AND (min_score is None or candidate mean ≥ min_score) AND
+  (improvement not required, or the paired lower bound of the gain > 0);
 - the candidate is accepted iff there is at least one suite and every suite passes.
 
 Failures never help the candidate: an item that failed to evaluate on the candidate scores 0 for
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from app.evaluation.stats import derive_seed, paired_bootstrap_delta_ci, to_points
 
-GATE_POLICY = "paired-bootstrap-noninferiority/1"
+GATE_POLICY = "paired-bootstrap-noninferiority/2"  # 2: new-skill suites must hold too
 Role = Literal["prior", "new_skill"]
 ROLES: tuple[Role, ...] = ("prior", "new_skill")
 # Scores substituted for items that failed to evaluate (0..1 scale): always against the candidate.
@@ -309,19 +310,19 @@ def _judge_suite(comparison: SuiteComparison, options: GateOptions) -> GateRow:
 
     tolerance = comparison.tolerance
     failures: list[str] = []
-    if comparison.role == "prior":
-        if delta < -tolerance:
-            failures.append(
-                f"the score dropped {-delta:.2f} points, more than the {tolerance:.2f}-point tolerance"
-            )
-        if low < -tolerance:
-            failures.append(
-                f"the drop could be as large as {-low:.2f} points ({level} lower bound), "
-                f"beyond the {tolerance:.2f}-point tolerance"
-            )
-        verdict = (
-            f"held within the {tolerance:.2f}-point tolerance, lower bound {low:+.2f} >= {-tolerance:+.2f}"
+    # Every suite must hold, the new skill's too: a stage may list an earlier skill's suite as its own.
+    if delta < -tolerance:
+        failures.append(
+            f"the score dropped {-delta:.2f} points, more than the {tolerance:.2f}-point tolerance"
         )
+    if low < -tolerance:
+        failures.append(
+            f"the drop could be as large as {-low:.2f} points ({level} lower bound), "
+            f"beyond the {tolerance:.2f}-point tolerance"
+        )
+    held = f"held within the {tolerance:.2f}-point tolerance, lower bound {low:+.2f} >= {-tolerance:+.2f}"
+    if comparison.role == "prior":
+        verdict = held
     else:
         min_score = comparison.min_score
         if min_score is not None and candidate_mean < min_score:
@@ -333,10 +334,10 @@ def _judge_suite(comparison: SuiteComparison, options: GateOptions) -> GateRow:
                 f"no demonstrated improvement: the {level} lower bound of the gain is {low:+.2f}, not above 0"
             )
         checks = []
-        if options.require_improvement:
+        if options.require_improvement:  # a gain shown above 0 has held as well
             checks.append(f"improved, lower bound {low:+.2f} > 0")
         else:
-            checks.append("improvement not required")
+            checks += [held, "improvement not required"]
         if min_score is not None:
             checks.append(f"meets the minimum score {min_score:.2f}")
         verdict = "; ".join(checks)

@@ -146,6 +146,19 @@ def test_tie_on_new_skill_passes_when_improvement_not_required() -> None:
     assert "improvement not required" in report.rows[0].reason
 
 
+def test_a_new_skill_suite_that_drops_fails_even_when_improvement_is_not_required() -> None:
+    # A stage may list an earlier skill's suite as its own: judged as new, it must still hold.
+    report = judge(
+        comparison(ones_then_zeros(20, 20), ones_then_zeros(0, 20), role="new_skill"),
+        require_improvement=False,
+    )
+    assert not report.accepted
+    assert "the score dropped 100.00 points" in report.rows[0].reason
+    held = judge(comparison(ones_then_zeros(7, 20), ones_then_zeros(7, 20), role="new_skill"),
+                 require_improvement=False)  # fmt: skip
+    assert held.accepted and "held within" in held.rows[0].reason
+
+
 def test_mean_improves_but_paired_items_do_not_show_a_gain() -> None:
     # Unpaired, the candidate looks better (50 vs 40 points), but it lost 4 items the parent had
     # and won 5 others: the paired interval straddles 0, so the new skill is not shown to improve.
