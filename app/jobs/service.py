@@ -121,8 +121,23 @@ def _promotion_target(session: Session, principal: Principal, body: JobCreate) -
     return None if alias is None else alias.model_version_id
 
 
+def _buildable_base(session: Session, ref: str) -> str:
+    """The base's version id. A job builds on an accepted version, or on one an alias points at (a
+    rejected version promoted with force and a reason): its gate compares with the parent alone, so a
+    version the gate rejected, or has not judged, would pass its losses on as the new baseline."""
+    base = registry.resolve_version_ref(session, ref, param="base")
+    if base.status == registry.VersionStatus.ACCEPTED or registry.aliases_of(session, base.id):
+        return base.id
+    raise Conflict(
+        f"{base.id} is {base.status}; a job builds on an accepted version, or on one an alias points at "
+        "(a rejected version is promoted only with force and a reason)",
+        code="version_not_accepted",
+        param="base",
+    )
+
+
 def _validated_request(session: Session, principal: Principal, body: JobCreate) -> tuple[str, dict[str, Any]]:
-    base = registry.resolve_version_ref(session, body.base, param="base")
+    base_id = _buildable_base(session, body.base)
     skills: set[str] = set()
     stages = []
     for i, stage in enumerate(body.stages):
@@ -143,7 +158,7 @@ def _validated_request(session: Session, principal: Principal, body: JobCreate) 
         "auto_promote_expected": _promotion_target(session, principal, body),
         "require_improvement": body.require_improvement,
     }
-    return base.id, request
+    return base_id, request
 
 
 def _replay(session: Session, principal: Principal, key: str, body_sha256: str) -> Job | None:

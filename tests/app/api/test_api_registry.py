@@ -264,13 +264,25 @@ def test_rejected_versions_need_force_and_a_reason(
     client: TestClient,
     promoter: dict[str, str],
     reader: dict[str, str],
+    writer: dict[str, str],
     base_model: dict[str, Any],
     job_id: str,
+    job_body: dict[str, Any],
     db: sessionmaker[Session],
 ) -> None:
     alias = unique("prod")
     rejected = child(db, base_model["id"], job_id, "bad", status=VersionStatus.REJECTED)
+    undecided = child(db, base_model["id"], job_id, "undecided", status=VersionStatus.CANDIDATE)
     url = f"/v1/aliases/{alias}"
+    # Nor does a job build on them: its gate compares with the parent alone, so the losses would pass on.
+    for version, status in [(rejected, "rejected"), (undecided, "candidate")]:
+        error = assert_error(
+            client.post("/v1/jobs", json={**job_body, "base": version}, headers=writer),
+            409,
+            "version_not_accepted",
+            "base",
+        )
+        assert error["message"].startswith(f"{version} is {status}")
     assert_error(
         client.put(url, json={"version": rejected}, headers=promoter), 409, "version_not_accepted", "force"
     )
@@ -289,6 +301,9 @@ def test_rejected_versions_need_force_and_a_reason(
     assert entry["forced"] is True and entry["reason"] == "hotfix, gate flaky"
     assert client.get(f"/v1/models/{rejected}", headers=reader).json()["status"] == "rejected"
     assert client.get(f"/v1/models/{rejected}", headers=reader).json()["aliases"] == [alias]
+    # Promoted with force and a reason, a human vouched for it: jobs may build on it.
+    built = client.post("/v1/jobs", json={**job_body, "base": f"alias:{alias}"}, headers=writer)
+    assert built.status_code == 201 and built.json()["base"] == rejected, built.text
 
 
 def test_alias_errors(
