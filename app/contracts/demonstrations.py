@@ -11,12 +11,11 @@ when any row is bad: a dataset is accepted whole or not at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from app.contracts.problems import Problems, RowProblem, summary
+from app.contracts.problems import Problems, RowProblem, decode_json_row, summary
 
 ROLES = frozenset({"system", "user", "assistant"})
 MESSAGE_KEYS = frozenset({"role", "content"})
@@ -78,7 +77,7 @@ def parse_messages(value: Any, field: str, line: int, problems: list[RowProblem]
             problems.append(RowProblem(line, where, f"unknown key(s): {', '.join(sorted(unknown))}"))
             ok = False
         role, content = raw.get("role"), raw.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             problems.append(
                 RowProblem(line, f"{where}.role", f"must be one of {sorted(ROLES)}, got {role!r}")
             )
@@ -176,12 +175,11 @@ def parse_jsonl_objects(lines: Iterable[str], problems: Problems) -> list[tuple[
         if len(text) > MAX_ROW_CHARS:
             problems.add(RowProblem(line_no, "row", f"longer than {MAX_ROW_CHARS} characters"))
             continue
-        try:
-            objects.append((line_no, json.loads(text)))
-        except json.JSONDecodeError as exc:
-            problems.add(RowProblem(line_no, "row", f"not valid JSON ({exc.msg} at column {exc.colno})"))
-        except RecursionError:
-            problems.add(RowProblem(line_no, "row", "nested too deeply"))
+        value, problem = decode_json_row(text)
+        if problem is not None:
+            problems.add(RowProblem(line_no, "row", problem))
+        else:
+            objects.append((line_no, value))
     return objects
 
 

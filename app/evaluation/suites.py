@@ -20,7 +20,7 @@ from typing import Any, Literal
 import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.contracts.problems import Problems, RowProblem, summary
+from app.contracts.problems import Problems, RowProblem, decode_json_row, summary
 from app.evaluation.graders import (
     KNOWN_GRADERS,
     compile_reference_regex,
@@ -373,13 +373,9 @@ def parse_suite_jsonl(text: str, meta: SuiteMeta) -> EvalSuite:
         if not stripped:
             continue
         saw_row = True
-        try:
-            row = json.loads(stripped)
-        except json.JSONDecodeError as error:
-            problems.add(RowProblem(line, "row", f"not valid JSON: {error.msg} at column {error.colno}"))
-            continue
-        except RecursionError:
-            problems.add(RowProblem(line, "row", "nested too deeply"))
+        row, problem = decode_json_row(stripped)
+        if problem is not None:
+            problems.add(RowProblem(line, "row", problem))
             continue
         if not isinstance(row, dict):
             problems.add(RowProblem(line, "row", f"must be a JSON object, got {type(row).__name__}"))

@@ -68,7 +68,7 @@ def length_stats(lengths: Sequence[int]) -> dict[str, float]:
 def _invalid_report(text: str, problems: Sequence[Any], total: int) -> dict[str, Any]:
     """The first problems (MAX_LISTED_PROBLEMS) with how many there are in all, and the number of
     non-blank lines (rows) the file has."""
-    rows = sum(1 for line in text.split("\n") if line.strip())
+    rows = sum(1 for line in text.removeprefix("\ufeff").split("\n") if line.strip())  # as parsers read
     listed = [{"line": p.line, "field": p.field, "reason": p.reason} for p in problems]
     return {"valid": False, "rows": rows, "problems": listed, "problems_total": total, "lengths": None}
 

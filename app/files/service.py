@@ -12,6 +12,7 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from app.auth.service import Principal, can_see, team_filter
+from app.contracts.problems import RowProblem
 from app.db import new_id, now
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
 from app.files.models import UploadedFile
@@ -141,11 +142,10 @@ def check_upload(
     text = decode_utf8(content)
     report = run_preflight(read_session, text=text, purpose=purpose, model_ref=model_ref, grader=grader)
     if not report["valid"]:
-        first = report["problems"][0]
-        where = f"line {first['line']}" if first["line"] is not None else "file"
+        first = RowProblem(**report["problems"][0])
         raise Unprocessable(
-            f"{report['problems_total']} problem(s) in the file, first at {where}: {first['field']}: "
-            f"{first['reason']}; nothing was stored (see error.report)",
+            f"{report['problems_total']} problem(s) in the file, first: {first}; nothing was stored "
+            "(see error.report)",
             code="invalid_file",
             param="file",
             details={"report": report},

@@ -68,6 +68,14 @@ BAD = [
         "end with a user",
     ),
     ('{"prompt": "q", "demonstration": "a", "id": true}', "id", "string or an integer"),
+    (
+        '{"messages": [{"role": ["user"], "content": "q"}, {"role": "assistant", "content": "a"}]}',
+        "messages[0].role",
+        "one of",
+    ),
+    ('{"prompt": "q", "demonstration": "a", "id": ' + "1" * 5000 + "}", "row", "more than 4300 digits"),
+    ('{"prompt": "q\\ud800", "demonstration": "a"}', "row", "lone UTF-16 surrogate"),
+    ('{"prompt": "q", "demonstration": "a\\u0000"}', "row", "NUL"),
 ]
 
 
@@ -85,7 +93,7 @@ def test_every_problem_is_reported_at_once_and_nothing_is_returned() -> None:
     with pytest.raises(DatasetError) as info:
         parse_demonstrations(text)
     assert [p.line for p in info.value.problems] == list(range(1, len(BAD) + 1))
-    assert "14 problem(s)" in str(info.value)
+    assert f"{len(BAD)} problem(s)" in str(info.value)
 
 
 def test_empty_file_duplicate_ids_and_huge_rows() -> None:

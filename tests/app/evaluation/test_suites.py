@@ -216,6 +216,19 @@ def test_valid_rows_do_not_hide_bad_ones() -> None:
     assert [(p.line, p.field) for p in problems_of(text)] == [(2, "reference")]
 
 
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ('{"prompt": "q", "reference": ' + "1" * 5000 + "}", "more than 4300 digits"),
+        ('{"prompt": "q\\udc00", "reference": "a"}', "lone UTF-16 surrogate"),
+        ('{"prompt": "q", "reference": "a\\u0000"}', "NUL"),
+    ],
+)
+def test_rows_that_are_not_text_are_named_not_raised(row: str, reason: str) -> None:
+    [problem] = problems_of(jsonl({"prompt": "fine", "reference": "ok"}, row))
+    assert (problem.line, problem.field) == (2, "row") and reason in problem.reason
+
+
 @pytest.mark.parametrize("text", ["", "\n\n   \n"])
 def test_empty_suite_is_a_problem(text: str) -> None:
     assert problems_of(text) == [RowProblem(None, "suite", "suite has no items")]
