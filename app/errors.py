@@ -18,6 +18,8 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.contracts.text import field_path
+
 log = logging.getLogger(__name__)
 
 
@@ -118,10 +120,7 @@ def loc_to_param(loc: Sequence[str | int]) -> str | None:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:]
-    param = ""
-    for part in parts:
-        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
-    return param or None
+    return field_path(parts) or None
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Input rules shared by every endpoint: request bodies forbid unknown fields, and no text anywhere may
-contain NUL. PostgreSQL cannot store NUL in text or JSONB (SQLite can), so without this a NUL would be a
-500 on one backend and silently stored on the other; here it is a 4xx naming the field on both."""
+hold NUL or a lone surrogate, nor a free-form value NaN or Infinity (app/contracts/text.py says why);
+each is a 4xx naming the field on both database backends."""
 
 from __future__ import annotations
 
@@ -9,28 +9,10 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from app.errors import BadRequest, PayloadTooLarge, error_response, loc_to_param
+from app.contracts.text import NOT_A_NUMBER_REASON, find_unstorable
+from app.errors import BadRequest, PayloadTooLarge, Unprocessable, error_response, loc_to_param
 
 NUL = "\x00"
-
-
-def find_nul(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
-    """The path of the first string (key or value) holding NUL inside nested JSON-like data."""
-    if isinstance(value, str):
-        return path if NUL in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str) and NUL in key:
-                return (*path, key)
-            found = find_nul(item, (*path, key))
-            if found is not None:
-                return found
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = find_nul(item, (*path, index))
-            if found is not None:
-                return found
-    return None
 
 
 class RequestModel(BaseModel):
@@ -41,13 +23,14 @@ class RequestModel(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        where = find_nul(data)
-        if where is not None:
-            raise BadRequest(
-                "text may not contain NUL characters", code="invalid_characters", param=loc_to_param(where)
-            )
-        return data
+    def _only_storable(cls, data: Any) -> Any:
+        found = find_unstorable(data)
+        if found is None:
+            return data
+        where, reason = found
+        if reason == NOT_A_NUMBER_REASON:  # as pydantic answers NaN in a typed number field
+            raise Unprocessable(f"the value {reason}", code="invalid_request", param=loc_to_param(where))
+        raise BadRequest(f"the value {reason}", code="invalid_characters", param=loc_to_param(where))
 
 
 def reject_nul_in_url(request: Request) -> None:

@@ -175,9 +175,9 @@ def parse_jsonl_objects(lines: Iterable[str], problems: Problems) -> list[tuple[
         if len(text) > MAX_ROW_CHARS:
             problems.add(RowProblem(line_no, "row", f"longer than {MAX_ROW_CHARS} characters"))
             continue
-        value, problem = decode_json_row(text)
+        value, problem = decode_json_row(line_no, text)
         if problem is not None:
-            problems.add(RowProblem(line_no, "row", problem))
+            problems.add(problem)
         else:
             objects.append((line_no, value))
     return objects

@@ -4,10 +4,11 @@ million bad lines must not become a million-entry report (memory, and a response
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from app.contracts.text import field_path, find_unstorable
 
 # The report lists this many problems, in line order, and counts the rest.
 MAX_LISTED_PROBLEMS = 100
@@ -60,31 +61,18 @@ def summary(problems: list[RowProblem], total: int, what: str, shown: int) -> st
     return f"{total} problem(s) in {what}:\n{lines}{more}"
 
 
-# A lone UTF-16 surrogate is not a character (it cannot be encoded as UTF-8, tokenized or hashed),
-# and PostgreSQL cannot store NUL in text: refused in rows as the API refuses them in bodies.
-_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
-
-
-def _holds_non_text(value: Any) -> bool:
-    if isinstance(value, str):
-        return _NOT_TEXT.search(value) is not None
-    if isinstance(value, dict):
-        return any(_holds_non_text(k) or _holds_non_text(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_non_text(v) for v in value)
-    return False
-
-
-def decode_json_row(text: str) -> tuple[Any, str | None]:
-    """One JSONL row: (value, None), or (None, why it is not a row we can read)."""
+def decode_json_row(line: int, text: str) -> tuple[Any, RowProblem | None]:
+    """One JSONL row: (value, None), or (None, the problem naming the row or the field)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+        return None, RowProblem(line, "row", f"not valid JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
-        return None, "nested too deeply"
+        return None, RowProblem(line, "row", "nested too deeply")
     except ValueError:  # an integer of more digits than Python converts
-        return None, f"not valid JSON: a number of more than {sys.get_int_max_str_digits()} digits"
-    if _holds_non_text(value):
-        return None, "holds a NUL (\\u0000) or a lone UTF-16 surrogate (such as \\ud800), which is not text"
+        digits = sys.get_int_max_str_digits()
+        return None, RowProblem(line, "row", f"not valid JSON: a number of more than {digits} digits")
+    found = find_unstorable(value)
+    if found is not None:
+        return None, RowProblem(line, field_path(found[0]) or "row", found[1])
     return value, None

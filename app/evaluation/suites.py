@@ -373,9 +373,9 @@ def parse_suite_jsonl(text: str, meta: SuiteMeta) -> EvalSuite:
         if not stripped:
             continue
         saw_row = True
-        row, problem = decode_json_row(stripped)
+        row, problem = decode_json_row(line, stripped)
         if problem is not None:
-            problems.add(RowProblem(line, "row", problem))
+            problems.add(problem)
             continue
         if not isinstance(row, dict):
             problems.add(RowProblem(line, "row", f"must be a JSON object, got {type(row).__name__}"))

@@ -152,6 +152,15 @@ CASES: dict[str, tuple[Call, int]] = {
         _upload('{"prompt": "q\u2028", "demonstration": "a"}\n{"prompt": "q2", "demonstration": \n'),
         422,
     ),
+    "upload: a message role that is a list": (
+        _upload('{"messages": [{"role": ["user"], "content": "q"}, {"role": "assistant", "content": "a"}]}'),
+        422,
+    ),
+    "upload: an integer of 5000 digits": (
+        _upload('{"prompt": "q", "reference": ' + "1" * 5000 + "}\n", purpose="regression_suite"),
+        422,
+    ),
+    "upload: a lone surrogate": (_upload('{"prompt": "q\\ud800", "demonstration": "a"}\n'), 422),
     "upload: chunked body past the limit": (_chunked_upload(60 * 1024 * 1024), 413),
     "upload: model that does not exist": (_upload(demonstration_lines(), model="mv_nope"), 404),
     # ---- suites
@@ -191,6 +200,15 @@ CASES: dict[str, tuple[Call, int]] = {
     "job: learning_rate NaN": (
         _raw_job('{"learning_rate": NaN}'),
         422,
+    ),
+    "job: NaN in a free-form hyperparameter": (_raw_job('{"chat_template_kwargs": {"x": NaN}}'), 422),
+    "job: a lone surrogate in metadata": (
+        lambda c, ctx: c.post(
+            "/v1/jobs",
+            content=json.dumps({**_job(ctx), "metadata": {"k": "\ud800"}}),  # sent as the escape \ud800
+            headers={**ctx["writer"], "Content-Type": "application/json"},
+        ),
+        400,
     ),
     "job: batch 1e9 and 1e12 steps": (_post_job({"batch_size": 1e9, "max_steps": 1e12}), 422),
     "job: learning_rate 5": (_post_job({"learning_rate": 5.0}), 422),

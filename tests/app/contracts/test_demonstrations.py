@@ -74,8 +74,13 @@ BAD = [
         "one of",
     ),
     ('{"prompt": "q", "demonstration": "a", "id": ' + "1" * 5000 + "}", "row", "more than 4300 digits"),
-    ('{"prompt": "q\\ud800", "demonstration": "a"}', "row", "lone UTF-16 surrogate"),
-    ('{"prompt": "q", "demonstration": "a\\u0000"}', "row", "NUL"),
+    ('{"prompt": "q\\ud800", "demonstration": "a"}', "prompt", "lone UTF-16 surrogate"),
+    (
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\\u0000"}]}',
+        "messages[1].content",
+        "NUL",
+    ),
+    ('{"prompt": "q", "demonstration": "a", "id": NaN}', "id", "NaN"),
 ]
 
 

@@ -217,16 +217,17 @@ def test_valid_rows_do_not_hide_bad_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("row", "reason"),
+    ("row", "field", "reason"),
     [
-        ('{"prompt": "q", "reference": ' + "1" * 5000 + "}", "more than 4300 digits"),
-        ('{"prompt": "q\\udc00", "reference": "a"}', "lone UTF-16 surrogate"),
-        ('{"prompt": "q", "reference": "a\\u0000"}', "NUL"),
+        ('{"prompt": "q", "reference": ' + "1" * 5000 + "}", "row", "more than 4300 digits"),
+        ('{"prompt": "q\\udc00", "reference": "a"}', "prompt", "lone UTF-16 surrogate"),
+        ('{"prompt": "q", "reference": ["a", "b\\u0000"]}', "reference[1]", "NUL"),
+        ('{"prompt": "q", "reference": NaN, "grader": "json_match"}', "reference", "NaN"),
     ],
 )
-def test_rows_that_are_not_text_are_named_not_raised(row: str, reason: str) -> None:
+def test_rows_that_are_not_text_are_named_not_raised(row: str, field: str, reason: str) -> None:
     [problem] = problems_of(jsonl({"prompt": "fine", "reference": "ok"}, row))
-    assert (problem.line, problem.field) == (2, "row") and reason in problem.reason
+    assert (problem.line, problem.field) == (2, field) and reason in problem.reason
 
 
 @pytest.mark.parametrize("text", ["", "\n\n   \n"])
