@@ -75,7 +75,11 @@ def model_dir_problems(directory: Path) -> list[str]:
     """Every reason the directory cannot be registered as a chat model (empty when it can)."""
     if not directory.is_absolute():
         return ["must be an absolute path"]
-    if not directory.is_dir():
+    try:
+        is_dir = directory.is_dir()
+    except OSError as exc:  # a name too long for the filesystem, say
+        return [f"cannot be read: {exc.strerror or exc}"]
+    if not is_dir:
         return ["is not a directory"]
     problems: list[str] = []
     config = _read_json_object(directory / "config.json")

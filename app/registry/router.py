@@ -41,7 +41,10 @@ def _detail(session: Session, version: ModelVersion, viewer: Principal) -> Model
 
 def _model_path(raw: str) -> Path:
     if raw.startswith("file://"):
-        return file_uri_to_path(raw)
+        try:
+            return file_uri_to_path(raw)
+        except ValueError as exc:  # a host, or no absolute path
+            raise Unprocessable(str(exc), code="unsupported_uri", param="path") from exc
     if "://" in raw:
         raise Unprocessable(
             "only local directories and file:// uris can be registered", code="unsupported_uri", param="path"

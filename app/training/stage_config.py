@@ -25,7 +25,7 @@ import math
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Auto = Literal["auto"]
 AUTO: Auto = "auto"
@@ -150,17 +150,24 @@ class StageConfig(BaseModel):
     # (workers/training/readiness.py): "enforce" stops the job when it does not, "warn" only reports.
     readiness_probe: Literal["enforce", "warn", "off"] = "enforce"
 
-    @model_validator(mode="after")
-    def _combinations(self) -> StageConfig:
-        problems = []
-        if self.support == "sampled_token" and self.divergence != "reverse_kl":
-            problems.append(
-                "support 'sampled_token' is a reverse-KL estimator: set divergence to 'reverse_kl'"
-            )
-        problems += template_problems(self.teacher_template)
+    # Field validators, so that an error names its key (a model validator's names none).
+    @field_validator("teacher_template")
+    @classmethod
+    def _template(cls, template: str) -> str:
+        problems = template_problems(template)
         if problems:
             raise ValueError("; ".join(problems))
-        return self
+        return template
+
+    @field_validator("support")
+    @classmethod
+    def _support_fits_divergence(cls, support: str, info: ValidationInfo) -> str:
+        # `divergence` is declared before `support`, so it is validated first (absent if it failed).
+        if support == "sampled_token" and info.data.get("divergence", "reverse_kl") != "reverse_kl":
+            raise ValueError(
+                "support 'sampled_token' is a reverse-KL estimator: set divergence to 'reverse_kl'"
+            )
+        return support
 
     @property
     def uses_lora(self) -> bool:

@@ -151,6 +151,9 @@ HYPERPARAMETER_CASES = [
     ({"learning_rate": -1.0}, "stages[0].hyperparameters.learning_rate", "greater than 0"),
     ({"max_steps": "lots"}, "stages[0].hyperparameters.max_steps", "integer"),
     ({"method": "sft"}, "stages[0].hyperparameters.method", "set method on the stage"),
+    # Rules across keys name the key to change, not "config".
+    ({"teacher_template": "{question}"}, "stages[0].hyperparameters.teacher_template", "{demonstration}"),
+    ({"support": "sampled_token"}, "stages[0].hyperparameters.support", "set divergence to 'reverse_kl'"),
 ]
 
 

@@ -130,6 +130,8 @@ def test_unusable_model_directories_are_422(
         ("relative/dir", "invalid_model"),
         ("/no/such/dir", "invalid_model"),
         ("s3://bucket/m", "unsupported_uri"),
+        ("file://otherhost/m", "unsupported_uri"),
+        ("/tmp/" + "a" * 300 + "/m", "invalid_model"),  # a name longer than the filesystem takes
     ],
 )
 def test_bad_model_paths(client: TestClient, admin: dict[str, str], path: str, code: str) -> None:

@@ -68,11 +68,15 @@ def test_every_problem_is_reported_with_its_key() -> None:
     assert "greater than 0" in keys["learning_rate"]
 
 
-def test_bad_combinations_are_rejected() -> None:
-    with pytest.raises(ConfigError, match="reverse_kl"):
+def test_bad_combinations_are_rejected_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="reverse_kl") as support:
         parse_stage_config({"support": "sampled_token"})
-    with pytest.raises(ConfigError, match="question"):
+    with pytest.raises(ConfigError, match="question") as template:
         parse_stage_config({"teacher_template": "no slots"})
+    assert [key for key, _ in support.value.problems + template.value.problems] == [
+        "support",
+        "teacher_template",
+    ]
     assert (
         parse_stage_config({"support": "sampled_token", "divergence": "reverse_kl"}).support
         == "sampled_token"
