@@ -339,7 +339,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {}
+    body: dict[str, Any] = {"force": args.force}
     if args.expected_version is not None:
         body["expected_version"] = args.expected_version
     if args.reason:
@@ -465,6 +465,9 @@ def add_client_commands(subparsers: Any) -> dict[str, Any]:
     rollback = subparsers.add_parser("rollback", help="move an alias back to its previous version")
     rollback.add_argument("alias")
     rollback.add_argument("--expected-version")
+    rollback.add_argument(
+        "--force", action="store_true", help="roll back to a version that is not accepted (with --reason)"
+    )
     rollback.add_argument("--reason")
     rollback.set_defaults(func=_rollback)
 

@@ -379,6 +379,16 @@ def test_forcing_a_rejected_version_needs_a_reason(
     assert done.status_code == 303
     entry = client.get(f"/v1/aliases/{alias}/history", headers=writer).json()["data"][0]
     assert entry["forced"] is True and entry["reason"] == "hotfix; gate flaked"
+    # Moved on to the base, rolling back onto the rejected version is forced the same way.
+    onward = {"alias": alias, "version": base_model["id"], "expected_version": version.id}
+    assert browser.post("/ui/promote", onward).status_code == 303
+    back = browser.get(f"/ui/aliases/{alias}/rollback").text
+    assert 'name="force" value="true"' in back and "Force roll back" in back
+    rollback = {"expected_version": base_model["id"], "force": "true"}
+    assert_error_page(browser.post(f"/ui/aliases/{alias}/rollback", rollback), 422, "reason_required")
+    assert browser.post(f"/ui/aliases/{alias}/rollback", {**rollback, "reason": "again"}).status_code == 303
+    entry = client.get(f"/v1/aliases/{alias}/history", headers=writer).json()["data"][0]
+    assert (entry["action"], entry["forced"], entry["to_version"]) == ("rollback", True, version.id)
 
 
 def test_admins_create_list_and_revoke_tokens(dashboard: Browser, tokens: Tokens) -> None:

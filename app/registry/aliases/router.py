@@ -65,6 +65,7 @@ def rollback(
         actor=principal.actor,
         expected_version=body.expected_version if "expected_version" in body.model_fields_set else UNSET,
         reason=body.reason,
+        force=body.force,
     )
     return AliasRead.of(aliases.get_alias(session, name))
 

@@ -19,6 +19,7 @@ class AliasMove(RequestModel):
 
 class AliasRollback(RequestModel):
     expected_version: str | None = Field(default=None, max_length=100)
+    force: bool = False  # the earlier version is not accepted (it was forced there, or rejected since)
     reason: str | None = Field(default=None, max_length=2000)
 
 

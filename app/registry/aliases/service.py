@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.db import new_id, now
 from app.errors import Conflict, NotFound, Unprocessable
 from app.pagination import paginate
-from app.registry.models import Alias, AliasHistory
+from app.registry.models import Alias, AliasHistory, ModelVersion
 from app.registry.service import VersionStatus, get_version
 from app.webhooks import service as webhooks
 from app.webhooks.schemas import EventType
@@ -125,6 +125,22 @@ def _record(
     return entry
 
 
+def _forced(version: ModelVersion, *, force: bool, reason: str | None) -> bool:
+    """Whether moving an alias onto `version` is forced: a version that is not accepted needs
+    force=True and a reason, whether the move is a promotion or a rollback."""
+    if version.status == VersionStatus.ACCEPTED:
+        return False
+    if not force:
+        raise Conflict(
+            f"{version.id} is {version.status}; moving an alias onto it needs force=true and a reason",
+            code="version_not_accepted",
+            param="force",
+        )
+    if not (reason and reason.strip()):
+        raise Unprocessable("a forced move needs a reason", code="reason_required", param="reason")
+    return True
+
+
 def move(
     session: Session,
     *,
@@ -142,20 +158,13 @@ def move(
     Workers auto-promoting pass the version the gate compared against, so they never clobber a human.
     """
     check_alias_name(name)
-    version = get_version(session, version_id, param="version")
-    if version.status != VersionStatus.ACCEPTED:
-        if not force:
-            raise Conflict(
-                f"{version_id} is {version.status}; promoting it needs force=true and a reason",
-                code="version_not_accepted",
-                param="force",
-            )
-        if not (reason and reason.strip()):
-            raise Unprocessable("a forced promotion needs a reason", code="reason_required", param="reason")
+    forced = _forced(get_version(session, version_id, param="version"), force=force, reason=reason)
     alias = session.get(Alias, name)
     current = alias.model_version_id if alias is not None else None
     if expected_version is not UNSET and expected_version != current:
         raise _stale(name, expected_version, current)
+    if current == version_id:  # already there: nothing moved, so nothing to record (nor to roll back)
+        return history(session, name)[-1]
     if not _swap(session, name, current, version_id):
         raise _stale(name, current, "another version (moved concurrently)")
     return _record(
@@ -166,7 +175,7 @@ def move(
         to_version=version_id,
         actor=actor,
         reason=reason,
-        forced=force and version.status != VersionStatus.ACCEPTED,
+        forced=forced,
     )
 
 
@@ -196,8 +205,10 @@ def rollback(
     actor: str,
     expected_version: str | Unset | None = UNSET,
     reason: str | None = None,
+    force: bool = False,
 ) -> AliasHistory:
-    """Move the alias back to the version it held before the current one (see rollback_target)."""
+    """Move the alias back to the version it held before the current one (see rollback_target). That
+    version may since have been rejected, or was itself forced there: the same rule as `move` holds."""
     alias = get_alias(session, name)
     current = alias.model_version_id
     if expected_version is not UNSET and expected_version != current:
@@ -205,6 +216,7 @@ def rollback(
     target = rollback_target(history(session, name))
     if target is None:
         raise Conflict(f"alias {name!r} has no earlier version to roll back to", code="nothing_to_roll_back")
+    forced = _forced(get_version(session, target, param="name"), force=force, reason=reason)
     if not _swap(session, name, current, target):
         raise _stale(name, current, "another version (moved concurrently)")
     return _record(
@@ -215,7 +227,7 @@ def rollback(
         to_version=target,
         actor=actor,
         reason=reason,
-        forced=False,
+        forced=forced,
     )
 
 

@@ -173,6 +173,7 @@ def rollback(
     principal: PromoterForm,
     expected_version: FormText = "",
     reason: FormText = "",
+    force: Annotated[bool, Form()] = False,
 ) -> Response:
     try:
         aliases.rollback(
@@ -181,6 +182,7 @@ def rollback(
             actor=principal.actor,
             expected_version=expected_version,
             reason=reason.strip() or None,
+            force=force,
         )
     except Conflict as conflict:
         if conflict.code != "alias_conflict":

@@ -306,6 +306,31 @@ def test_rejected_versions_need_force_and_a_reason(
     # Promoted with force and a reason, a human vouched for it: jobs may build on it.
     built = client.post("/v1/jobs", json={**job_body, "base": f"alias:{alias}"}, headers=writer)
     assert built.status_code == 201 and built.json()["base"] == rejected, built.text
+    # A rollback onto it needs force and a reason as well.
+    assert client.put(url, json={"version": base_model["id"]}, headers=promoter).status_code == 200
+    rollback = f"{url}/rollback"
+    assert_error(client.post(rollback, headers=promoter), 409, "version_not_accepted", "force")
+    assert_error(
+        client.post(rollback, json={"force": True}, headers=promoter), 422, "reason_required", "reason"
+    )
+    back = client.post(rollback, json={"force": True, "reason": "back to the hotfix"}, headers=promoter)
+    assert back.status_code == 200 and back.json()["version"] == rejected
+    entry = client.get(f"{url}/history", headers=reader).json()["data"][0]
+    assert (entry["action"], entry["forced"], entry["reason"]) == ("rollback", True, "back to the hotfix")
+
+
+def test_promoting_the_version_an_alias_holds_records_nothing(
+    client: TestClient, promoter: dict[str, str], reader: dict[str, str], base_model: dict[str, Any],
+    job_id: str, db: sessionmaker[Session],
+) -> None:  # fmt: skip
+    url = f"/v1/aliases/{unique('same')}"
+    newer = child(db, base_model["id"], job_id, "newer")
+    for version in (base_model["id"], newer, newer):
+        assert client.put(url, json={"version": version}, headers=promoter).status_code == 200
+    history = client.get(f"{url}/history", headers=reader).json()["data"]
+    assert [h["to_version"] for h in history] == [newer, base_model["id"]]
+    back = client.post(f"{url}/rollback", headers=promoter)  # to the version before, not to itself
+    assert back.status_code == 200 and back.json()["version"] == base_model["id"]
 
 
 def test_alias_errors(
