@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session
 
 from app.contracts.demonstrations import DatasetError, Demonstration, parse_demonstrations
 from app.files import service as files
@@ -274,16 +275,43 @@ def train_stage(run: JobRun, job: Job) -> None:
     # (`sdft gc` may remove it), a registered version must never change under its sha256.
     stored = run.store.put_dir(result.model_dir)
     with run.ctx.session() as session:
-        version = registry.register_version(
+        register_candidate(
             session,
+            job,
+            index,
             parent_id=parent_id,
-            job_id=run.job_id,
-            skill=stage["skill"],
             checkpoint_uri=stored.uri,
             checkpoint_sha256=result.sha256,
             training=training,
         )
-        candidates = [*job.candidate_version_ids[:index], version.id]
-        jobs.advance(
-            session, run.job_id, JobStatus.RUNNING, JobStatus.EVALUATING, candidate_version_ids=candidates
-        )
+
+
+def register_candidate(
+    session: Session,
+    job: Job,
+    index: int,
+    *,
+    parent_id: str,
+    checkpoint_uri: str,
+    checkpoint_sha256: str,
+    training: dict[str, Any],
+) -> str | None:
+    """Register stage `index`'s model and move the job to evaluating, in one transaction; the version
+    id, or None with nothing registered when the job left `running` meanwhile (cancelled while the
+    model was being stored): a version nobody would gate must not appear in the registry."""
+    version = registry.register_version(
+        session,
+        parent_id=parent_id,
+        job_id=job.id,
+        skill=job.request["stages"][index]["skill"],
+        checkpoint_uri=checkpoint_uri,
+        checkpoint_sha256=checkpoint_sha256,
+        training=training,
+    )
+    candidates = [*job.candidate_version_ids[:index], version.id]
+    if not jobs.advance(
+        session, job.id, JobStatus.RUNNING, JobStatus.EVALUATING, candidate_version_ids=candidates
+    ):
+        session.rollback()  # its stored files are unreferenced now: `sdft gc` removes them
+        return None
+    return version.id

@@ -3,7 +3,8 @@ while it is being evaluated is never promoted; a promotion whose alias moved sin
 registers the version and leaves the alias alone; two workers racing one expired lease: one runs the
 job, the other exits cleanly, and the job does not fail. And around its start: a job waiting for its
 lineage waits as long as the other job takes, while the reapers send nothing more; a validated job whose
-message the broker lost stays queued for the reaper."""
+message the broker lost stays queued for the reaper; a job cancelled as its stage ends registers no
+version."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import Principal, Scope
@@ -34,6 +35,7 @@ from app.leases.models import Lease
 from app.queue import TaskName, TaskProducer, producer_info
 from app.registry import service as registry
 from app.registry.aliases import service as aliases
+from app.registry.models import ModelVersion
 from app.settings import Settings
 from app.storage import make_store
 from app.suites import service as suites
@@ -43,6 +45,7 @@ from tests.conftest import arithmetic_rows
 from workers.jobs.claim import claim
 from workers.jobs.context import WorkerContext
 from workers.jobs.promote import succeed_and_promote
+from workers.jobs.train import register_candidate
 from workers.jobs.validate import validate_job
 from workers.reaper import reap_once
 
@@ -263,3 +266,33 @@ def test_a_validated_job_whose_message_is_lost_stays_queued(world: World) -> Non
         assert validate_job(session, store, job_id) == f"{job_id} queued"
     with session_scope(world.sessions) as session:
         assert jobs.get_job(session, job_id).status == "queued"
+
+
+def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) -> None:
+    with session_scope(world.sessions) as session:
+        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
+            jobs.advance(session, job.id, a, b)
+        uri = registry.get_version(session, world.base_id).checkpoint_uri
+        job_id = job.id
+    stored = {
+        "parent_id": world.base_id,
+        "checkpoint_uri": uri,
+        "checkpoint_sha256": "d" * 64,
+        "training": {},
+    }
+    with session_scope(world.sessions) as session:  # the user cancels while the model is being stored
+        jobs.cancel_job(session, job_id=job_id, actor="user")
+    with session_scope(world.sessions) as session:
+        assert register_candidate(session, jobs.get_job(session, job_id), 0, **stored) is None
+    with session_scope(world.sessions) as session:
+        assert session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id)) is None
+        assert jobs.get_job(session, job_id).status == "cancelled"
+    # Not cancelled: the version and the move to evaluating land together.
+    with session_scope(world.sessions) as session:
+        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
+            jobs.advance(session, job.id, a, b)
+        version_id = register_candidate(session, job, 0, **stored)
+        assert version_id is not None and jobs.get_job(session, job.id).candidate_version_ids == [version_id]
+        assert jobs.get_job(session, job.id).status == "evaluating"
