@@ -2,13 +2,17 @@
 
 Removed: the run directories (checkpoints, scratch final models) of jobs that have ended (their
 versions live in the store's trees), stored trees no version points at, and stored blobs no uploaded
-file points at. Kept: everything a model version or a file row references, and the runs of jobs
-still in progress (they resume from those checkpoints).
+file points at. Kept: everything a model version or a file row references, the runs of jobs still in
+progress (they resume from those checkpoints), and any tree or blob written in the last
+`grace_seconds`: a worker stores a model's tree before it registers the version, and an upload its
+blob before its row commits, so a fresh one may be about to be referenced (the store touches one it
+finds already there).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +24,10 @@ from app.jobs.models import Job
 from app.jobs.states import TERMINAL_STATUSES
 from app.registry.models import ModelVersion
 from app.storage.base import file_uri_to_path
+
+# Far longer than storing a model's tree and registering its version, or storing an upload's blob and
+# committing its row, take.
+GC_GRACE_SECONDS = 3600.0
 
 
 @dataclass
@@ -52,8 +60,18 @@ def _referenced(uris: list[str]) -> set[Path]:
     return found
 
 
-def collect_garbage(session: Session, storage_root: Path, *, dry_run: bool) -> GcReport:
+def collect_garbage(
+    session: Session, storage_root: Path, *, dry_run: bool, grace_seconds: float = GC_GRACE_SECONDS
+) -> GcReport:
     root = storage_root.expanduser().resolve()
+    fresh_after = time.time() - grace_seconds
+
+    def fresh(path: Path) -> bool:
+        try:
+            return path.stat().st_mtime > fresh_after
+        except FileNotFoundError:  # removed meanwhile (a lost rename race): nothing to collect
+            return True
+
     report = GcReport()
     versions = _referenced(list(session.scalars(select(ModelVersion.checkpoint_uri))))
     blobs = _referenced(list(session.scalars(select(UploadedFile.storage_uri))))
@@ -69,10 +87,10 @@ def collect_garbage(session: Session, storage_root: Path, *, dry_run: bool) -> G
         else:
             report.kept_runs += 1
     for tree in sorted((root / "trees").glob("*")) if (root / "trees").is_dir() else []:
-        if tree.name.startswith(".tmp-") or tree.resolve() not in versions:
+        if (tree.name.startswith(".tmp-") or tree.resolve() not in versions) and not fresh(tree):
             candidates.append(tree)
     for blob in sorted((root / "blobs").rglob("*")) if (root / "blobs").is_dir() else []:
-        if blob.is_file() and blob.resolve() not in blobs:
+        if blob.is_file() and blob.resolve() not in blobs and not fresh(blob):
             candidates.append(blob)
     for path in candidates:
         report.bytes_freed += _size(path)

@@ -33,14 +33,18 @@ class LocalStore:
     def put_bytes(self, data: bytes, *, suffix: str = "") -> StoredObject:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self._blob_path(sha256, suffix)
-        if not target.exists():
+        if target.exists():
+            os.utime(target)  # see put_dir
+        else:
             _write_blob(target, lambda tmp: tmp.write_bytes(data))
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=len(data))
 
     def put_file(self, path: Path, *, suffix: str = "") -> StoredObject:
         sha256 = file_sha256(path)
         target = self._blob_path(sha256, suffix)
-        if not target.exists():
+        if target.exists():
+            os.utime(target)  # see put_dir
+        else:
             _write_blob(target, lambda tmp: shutil.copyfile(path, tmp))
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=target.stat().st_size)
 
@@ -49,7 +53,9 @@ class LocalStore:
         stored tree (a registered model version) must never change under its hash."""
         sha256 = tree_sha256(path)
         target = self.root / "trees" / sha256
-        if not target.exists():
+        if target.exists():
+            os.utime(target)  # fresh again: `sdft gc` spares it until the caller references it
+        else:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
             try:

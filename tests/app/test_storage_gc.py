@@ -3,6 +3,8 @@ model version or an uploaded file points at, nor the runs of jobs still in progr
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from sqlalchemy import update
@@ -75,13 +77,30 @@ def test_gc_keeps_what_is_referenced_and_removes_the_rest(tmp_path: Path) -> Non
         (runs / job_id / "stage-0" / "checkpoints").mkdir(parents=True)
         (runs / job_id / "stage-0" / "checkpoints" / "optimizer.pt").write_bytes(b"x" * 1000)
 
+    with session_scope(sessions) as session:  # just written: may be about to be referenced, so kept
+        fresh = collect_garbage(session, settings.storage_path, dry_run=True)
+    assert {path.name for path in fresh.removed} == {"job_done"}
+    # Written two hours ago, the orphan tree goes; stored again (a worker's retry finds the same
+    # tree, about to register it), it is fresh again and kept.
+    tree = store.local_path(orphan_tree.uri)
+    os.utime(tree, (time.time() - 7200, time.time() - 7200))
     with session_scope(sessions) as session:
-        dry = collect_garbage(session, settings.storage_path, dry_run=True)
+        assert tree.name in {
+            p.name for p in collect_garbage(session, settings.storage_path, dry_run=True).removed
+        }
+    assert store.put_dir(scratch).uri == orphan_tree.uri
+    with session_scope(sessions) as session:
+        assert tree.name not in {
+            p.name for p in collect_garbage(session, settings.storage_path, dry_run=True).removed
+        }
+
+    with session_scope(sessions) as session:
+        dry = collect_garbage(session, settings.storage_path, dry_run=True, grace_seconds=0)
     removed = {path.name for path in dry.removed}
     assert removed == {"job_done", Path(orphan_tree.uri).name, Path(orphan_blob.uri).name}
     assert (runs / "job_done").exists(), "a dry run removes nothing"
     with session_scope(sessions) as session:
-        report = collect_garbage(session, settings.storage_path, dry_run=False)
+        report = collect_garbage(session, settings.storage_path, dry_run=False, grace_seconds=0)
     assert report.bytes_freed > 1000 and report.kept_runs == 2
     assert not (runs / "job_done").exists()
     assert (runs / "job_live").exists() and (runs / "job_unknown").exists()
@@ -92,6 +111,7 @@ def test_gc_keeps_what_is_referenced_and_removes_the_rest(tmp_path: Path) -> Non
     assert all(not (p.stat().st_mode & 0o222) for p in stored.rglob("*") if p.is_file())
     with session_scope(sessions) as session:  # the job's version outlives its run directory
         session.execute(update(Job).where(Job.id == "job_live").values(status="cancelled"))
-        assert {p.name for p in collect_garbage(session, settings.storage_path, dry_run=True).removed} == {
-            "job_live"
-        }
+        assert {
+            p.name
+            for p in collect_garbage(session, settings.storage_path, dry_run=True, grace_seconds=0).removed
+        } == {"job_live"}
