@@ -106,9 +106,11 @@ def _validated_stage(
     }
 
 
-def _promotion_target(session: Session, principal: Principal, body: JobCreate) -> str | None:
+def _promotion_target(session: Session, principal: Principal, body: JobCreate, base_id: str) -> str | None:
     """The version `auto_promote`'s alias points at now (None: it does not exist yet), recorded so the
-    job moves it only if nobody moved it meanwhile. Moving an alias needs the models:promote scope."""
+    job moves it only if nobody moved it meanwhile. Moving an alias needs the models:promote scope,
+    and the job must build on that version or a descendant of it: from an older one, its candidate
+    would replace the alias's version and drop what that learned since."""
     if body.auto_promote is None:
         return None
     if not principal.has(Scope.MODELS_PROMOTE):
@@ -118,7 +120,17 @@ def _promotion_target(session: Session, principal: Principal, body: JobCreate) -
             param="auto_promote",
         )
     alias = session.get(Alias, body.auto_promote)
-    return None if alias is None else alias.model_version_id
+    if alias is None:
+        return None
+    if alias.model_version_id not in {v.id for v in registry.lineage(session, base_id)}:
+        raise Conflict(
+            f"{body.auto_promote} points at {alias.model_version_id}, which {base_id} does not descend "
+            f"from: the candidate would replace it and drop what it learned. Build on "
+            f"alias:{body.auto_promote}, or promote by hand after the job",
+            code="auto_promote_off_lineage",
+            param="auto_promote",
+        )
+    return alias.model_version_id
 
 
 def _buildable_base(session: Session, ref: str) -> str:
@@ -155,7 +167,7 @@ def _validated_request(session: Session, principal: Principal, body: JobCreate) 
         "stages": stages,
         "general_suites": body.general_suites,
         "auto_promote": body.auto_promote,
-        "auto_promote_expected": _promotion_target(session, principal, body),
+        "auto_promote_expected": _promotion_target(session, principal, body, base_id),
         "require_improvement": body.require_improvement,
     }
     return base_id, request

@@ -319,6 +319,28 @@ def test_rejected_versions_need_force_and_a_reason(
     assert (entry["action"], entry["forced"], entry["reason"]) == ("rollback", True, "back to the hotfix")
 
 
+def test_auto_promote_moves_an_alias_only_along_its_lineage(
+    client: TestClient, admin: dict[str, str], base_model: dict[str, Any], job_id: str,
+    job_body: dict[str, Any], db: sessionmaker[Session],
+) -> None:  # fmt: skip
+    alias = unique("auto")
+    ahead = child(db, base_model["id"], job_id, "ahead")  # learned something the base has not
+    assert client.put(f"/v1/aliases/{alias}", json={"version": ahead}, headers=admin).status_code == 200
+    body = {**job_body, "auto_promote": alias}
+    # From the older base, the candidate would replace `ahead` and drop what it learned.
+    error = assert_error(
+        client.post("/v1/jobs", json={**body, "base": base_model["id"]}, headers=admin),
+        409,
+        "auto_promote_off_lineage",
+        "auto_promote",
+    )
+    assert ahead in error["message"]
+    further = child(db, ahead, job_id, "further")  # a descendant of the alias's version is fine
+    for base in (f"alias:{alias}", ahead, further):
+        created = client.post("/v1/jobs", json={**body, "base": base}, headers=admin)
+        assert created.status_code == 201, (base, created.text)
+
+
 def test_promoting_the_version_an_alias_holds_records_nothing(
     client: TestClient, promoter: dict[str, str], reader: dict[str, str], base_model: dict[str, Any],
     job_id: str, db: sessionmaker[Session],
