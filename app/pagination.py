@@ -20,7 +20,9 @@ T = TypeVar("T")
 Row = TypeVar("Row")
 
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
-AfterQuery = Annotated[str | None, Query(max_length=100, description="return items older than this id")]
+AfterQuery = Annotated[
+    str | None, Query(min_length=1, max_length=100, description="return items older than this id")
+]
 
 
 class ListResponse(BaseModel, Generic[T]):

@@ -398,6 +398,10 @@ def test_list_jobs_pages_newest_first_and_filters(
     assert_error(
         client.get("/v1/jobs", params={"limit": 101}, headers=writer), 422, "invalid_request", "limit"
     )
+    # An empty cursor is an error, not an empty last page ("older than ''" matches nothing).
+    assert_error(
+        client.get("/v1/jobs", params={"after": ""}, headers=writer), 422, "invalid_request", "after"
+    )
 
 
 def test_events_page_newest_first(
