@@ -29,10 +29,22 @@ from workers.jobs.scores import RegistryScoreCache
 from workers.rollout.factory import engine_fallback_note
 
 
+class EvaluationStopped(Exception):
+    """The job left `evaluating` (cancelled) while its suites were scored: nothing more to score."""
+
+
+def _check_still_evaluating(run: JobRun) -> None:
+    with run.ctx.session() as session:
+        status = jobs.get_job(session, run.job_id).status
+    if status != JobStatus.EVALUATING:
+        raise EvaluationStopped(f"the job is {status}")
+
+
 def score_versions(
     run: JobRun, versions: list[ModelVersion], suites: dict[str, EvalSuite]
 ) -> dict[str, dict[str, SuiteResult]]:
-    """version id -> suite id -> result; evaluates and records only what the registry lacks."""
+    """version id -> suite id -> result; evaluates and records only what the registry lacks. Checks
+    after each suite that the job is still evaluating (raises EvaluationStopped when it is not)."""
     cache = RegistryScoreCache(
         run.ctx.sessions,  # type: ignore[arg-type]
         {v.checkpoint_sha256: v.id for v in versions},
@@ -44,11 +56,13 @@ def score_versions(
         if directory is None:
             raise JobFailed("model_unavailable", messages.weights_missing(version.id, version.checkpoint_uri))
         run.heartbeat.check()
+        _check_still_evaluating(run)
 
         def progress(suite: str, done: int, total: int, version_id: str = version.id) -> None:
             if done == total:
                 with run.ctx.session() as session:
                     run.event(session, "eval", messages.evaluated(version_id, suite, total))
+                _check_still_evaluating(run)
 
         evaluation = evaluate_model_dir(
             directory,
@@ -77,7 +91,12 @@ def evaluate_and_gate(run: JobRun, job: Job) -> None:
         candidate = registry.get_version(session, candidate_id)
         session.expunge_all()
         run.event(session, "stage", messages.evaluating(index, total, len(roles)), {"suites": dict(roles)})
-    results = score_versions(run, [parent, candidate], parsed)
+    try:
+        results = score_versions(run, [parent, candidate], parsed)
+    except EvaluationStopped as stopped:
+        with run.ctx.session() as session:
+            run.event(session, "message", messages.evaluation_stopped(stopped))
+        return
     comparisons = [
         SuiteComparison.for_suite(
             parsed[suite_id],

@@ -96,6 +96,10 @@ def training_stopped(reason: object) -> str:
     return f"training stopped: {reason}"
 
 
+def evaluation_stopped(reason: object) -> str:
+    return f"evaluation stopped: {reason}"
+
+
 def checkpoint_dir(path: Path) -> str:
     return f"checkpoint kept at {path}"
 

@@ -4,7 +4,7 @@ registers the version and leaves the alias alone; two workers racing one expired
 job, the other exits cleanly, and the job does not fail. And around its start: a job waiting for its
 lineage waits as long as the other job takes, while the reapers send nothing more; a validated job whose
 message the broker lost stays queued for the reaper; a job cancelled as its stage ends registers no
-version."""
+version, and one cancelled while it is evaluated stops scoring."""
 
 from __future__ import annotations
 
@@ -42,11 +42,14 @@ from app.suites import service as suites
 from app.suites.schemas import SuiteCreate
 from tests.app.api.conftest import drain_broker
 from tests.conftest import arithmetic_rows
-from workers.jobs.claim import claim
+from workers.jobs.claim import Heartbeat, claim
 from workers.jobs.context import WorkerContext
+from workers.jobs.evaluate import evaluate_and_gate
 from workers.jobs.promote import succeed_and_promote
+from workers.jobs.run_state import JobRun
 from workers.jobs.train import register_candidate
 from workers.jobs.validate import validate_job
+from workers.models.placement import default_placement
 from workers.reaper import reap_once
 
 ADMIN = Principal(token_id="tok_system", name="test", scopes=frozenset({Scope.ADMIN}))
@@ -296,3 +299,28 @@ def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) ->
         version_id = register_candidate(session, job, 0, **stored)
         assert version_id is not None and jobs.get_job(session, job.id).candidate_version_ids == [version_id]
         assert jobs.get_job(session, job.id).status == "evaluating"
+
+
+def test_a_job_cancelled_while_evaluating_stops_scoring(world: World) -> None:
+    with session_scope(world.sessions) as session:
+        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
+            jobs.advance(session, job.id, a, b)
+        uri = registry.get_version(session, world.base_id).checkpoint_uri
+        stored = {"parent_id": world.base_id, "checkpoint_uri": uri, "checkpoint_sha256": "f" * 64}
+        candidate_id = register_candidate(session, job, 0, **stored, training={})
+        job_id = job.id
+    with session_scope(world.sessions) as session:
+        jobs.cancel_job(session, job_id=job_id, actor="user")
+        job = jobs.get_job(session, job_id)
+        session.expunge(job)
+    ctx = WorkerContext(settings=world.settings, worker_id="w", sessions=world.sessions)
+    run = JobRun(
+        job_id, ctx, Heartbeat(ctx, []), make_store(world.settings.storage_path), default_placement()
+    )
+    evaluate_and_gate(run, job)  # returns at once: no model is loaded, nothing is scored or decided
+    with session_scope(world.sessions) as session:
+        assert registry.get_version(session, candidate_id).status == "candidate"
+        assert registry.list_scores(session, world.base_id) == []
+        events = [e.message for e in jobs.events_after(session, job_id, 0, 100)]
+        assert "evaluation stopped: the job is cancelled" in events
