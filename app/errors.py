@@ -138,8 +138,19 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(Unprocessable("; ".join(messages), code="invalid_request", param=param))
 
 
+# FastAPI's answer to a body its JSON reader cannot even decode (not UTF-8, an integer past Python's
+# digit limit); a JSONDecodeError comes as a validation error instead.
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+        return error_response(
+            BadRequest(
+                "the request body is not valid JSON (not UTF-8, or a number too long)", code="invalid_json"
+            )
+        )
     codes = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
     error_type, code = codes.get(exc.status_code, ("invalid_request_error", f"http_{exc.status_code}"))
     body = {"error": {"type": error_type, "code": code, "message": str(exc.detail), "param": None}}

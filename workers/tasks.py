@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_sessionmaker, session_scope
+from app.leases import service as leases
 from app.queue import TaskName, TaskProducer, producer_info
 from app.settings import get_settings
 from app.storage import make_store
@@ -55,9 +56,12 @@ def _sessions() -> sessionmaker[Session]:
 class JobTask(Task):
     """After the last retry of a transient error, or on an unexpected error, the job fails with a reason
     (its type, never its text: exception messages can carry SQL and parameters) instead of staying
-    `running` forever; the full error goes to the worker's log."""
+    `running` forever; the full error goes to the worker's log. Unless another worker holds the job's
+    lease: then this was a duplicate message, and the job is that worker's to finish."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        from workers.jobs.context import worker_id
+
         job_id = args[0] if args else kwargs.get("job_id")
         if not job_id:
             return
@@ -65,6 +69,10 @@ class JobTask(Task):
         code = "infrastructure_error" if isinstance(exc, TRANSIENT) else "internal_error"
         failure = JobFailed(code, f"the worker hit an unexpected {type(exc).__name__}; see the worker log")
         with session_scope(_sessions()) as session:
+            holder = leases.holder(session, leases.job_key(job_id))
+            if holder is not None and holder.owner != worker_id():
+                log.error("%s is run by %s: left to it", job_id, holder.owner)
+                return
             fail_job(session, job_id, failure)
 
 

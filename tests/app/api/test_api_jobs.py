@@ -271,6 +271,11 @@ def test_malformed_json_is_400(client: TestClient, writer: dict[str, str]) -> No
         "/v1/jobs", content=b'{"base": ', headers={**writer, "Content-Type": "application/json"}
     )
     assert_error(response, 400, "invalid_json", None)
+    for body in (b'{"base": "\xff"}', b'{"base": ' + b"1" * 5000 + b"}"):  # not UTF-8; too many digits
+        response = client.post(
+            "/v1/jobs", content=body, headers={**writer, "Content-Type": "application/json"}
+        )
+        assert_error(response, 400, "invalid_json", None)
 
 
 # --------------------------------------------------------------------------- status table

@@ -4,7 +4,8 @@ registers the version and leaves the alias alone; two workers racing one expired
 job, the other exits cleanly, and the job does not fail. And around its start: a job waiting for its
 lineage waits as long as the other job takes, while the reapers send nothing more; a validated job whose
 message the broker lost stays queued for the reaper; a job cancelled as its stage ends registers no
-version, and one cancelled while it is evaluated stops scoring."""
+version, and one cancelled while it is evaluated stops scoring; a duplicate message that fails leaves
+the job to the worker that holds it."""
 
 from __future__ import annotations
 
@@ -206,12 +207,24 @@ def test_two_workers_racing_an_expired_lease_run_it_once(world: World) -> None:
         assert holder is not None and holder.owner in ("w0", "w1")
 
 
-def test_a_job_waits_for_its_lineage_as_long_as_the_other_job_takes(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import workers.tasks as tasks
+@pytest.fixture()
+def tasks(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The Celery tasks module as a worker process runs it, on this world's database and broker."""
+    import workers.tasks as module
     from app.settings import get_settings
 
+    for name, value in [("DATA_DIR", world.settings.data_dir), ("DATABASE_URL", world.settings.database_url),
+                        ("BROKER_URL", world.settings.broker_url)]:  # fmt: skip
+        monkeypatch.setenv(f"SDFT_{name}", str(value))
+    caches = (get_settings, module._engine, module._producer)
+    for cached in caches:
+        cached.cache_clear()
+    yield module
+    for cached in caches:
+        cached.cache_clear()
+
+
+def test_a_job_waits_for_its_lineage_as_long_as_the_other_job_takes(world: World, tasks: Any) -> None:
     with session_scope(world.sessions) as session:
         running, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
         waiting, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
@@ -223,19 +236,9 @@ def test_a_job_waits_for_its_lineage_as_long_as_the_other_job_takes(
             leases.acquire(session, key=key, owner="other", job_id=running.id, ttl_seconds=3600)
         running_id, waiting_id = running.id, waiting.id
     drain_broker(world.settings, "gpu")
-    # The task as a worker runs it, on this world's database and broker.
-    for name, value in [("DATA_DIR", world.settings.data_dir), ("DATABASE_URL", world.settings.database_url),
-                        ("BROKER_URL", world.settings.broker_url)]:  # fmt: skip
-        monkeypatch.setenv(f"SDFT_{name}", str(value))
-    for cached in (get_settings, tasks._engine, tasks._producer):
-        cached.cache_clear()
-    try:
-        for _ in range(tasks.MAX_RETRIES + 2):
-            result = tasks.train_job_task.apply(args=[waiting_id])
-            assert result.successful() and f"waiting for {running_id}" in result.get()
-    finally:
-        for cached in (get_settings, tasks._engine, tasks._producer):
-            cached.cache_clear()
+    for _ in range(tasks.MAX_RETRIES + 2):
+        result = tasks.train_job_task.apply(args=[waiting_id])
+        assert result.successful() and f"waiting for {running_id}" in result.get()
     # Each check sent the next one: a fresh message, so no retry was counted and the job still waits.
     assert drain_broker(world.settings, "gpu") == [{"task": TaskName.TRAIN_JOB, "args": [waiting_id]}] * (
         tasks.MAX_RETRIES + 2
@@ -324,3 +327,22 @@ def test_a_job_cancelled_while_evaluating_stops_scoring(world: World) -> None:
         assert registry.list_scores(session, world.base_id) == []
         events = [e.message for e in jobs.events_after(session, job_id, 0, 100)]
         assert "evaluation stopped: the job is cancelled" in events
+
+
+def test_a_duplicate_message_that_fails_leaves_a_job_another_worker_runs(world: World, tasks: Any) -> None:
+    with session_scope(world.sessions) as session:
+        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
+            jobs.advance(session, job.id, a, b)
+        leases.acquire(session, key=leases.job_key(job.id), owner="other", job_id=job.id, ttl_seconds=3600)
+        job_id = job.id
+    # This worker's duplicate of the job's message ran out of retries on a database error.
+    tasks.train_job_task.on_failure(ConnectionError("db down"), "task-1", [job_id], {}, None)
+    with session_scope(world.sessions) as session:
+        assert jobs.get_job(session, job_id).status == "running"
+        session.execute(update(Lease).where(Lease.key == leases.job_key(job_id)).values(expires_at=0))
+    # Nobody holds it: the failure is the job's.
+    tasks.train_job_task.on_failure(ConnectionError("db down"), "task-2", [job_id], {}, None)
+    with session_scope(world.sessions) as session:
+        job = jobs.get_job(session, job_id)
+        assert job.status == "failed" and job.error["code"] == "infrastructure_error"
