@@ -105,12 +105,18 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) 
     engine.dispose()
 
 
+def _running_job(session: Session, world: World) -> Job:
+    """A job as a worker has just claimed it: created, validated, running."""
+    job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
+    for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
+        jobs.advance(session, job.id, a, b)
+    return job
+
+
 def _evaluating_job_with_an_accepted_candidate(world: World) -> tuple[str, str]:
     """A job at the end of its last evaluation: candidate registered and accepted, job evaluating."""
     with session_scope(world.sessions) as session:
-        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
-        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
-            jobs.advance(session, job.id, a, b)
+        job = _running_job(session, world)
         uri = registry.get_version(session, world.base_id).checkpoint_uri
         candidate = registry.register_version(
             session, parent_id=world.base_id, job_id=job.id, skill="s", checkpoint_uri=uri,
@@ -276,9 +282,7 @@ def test_a_validated_job_whose_message_is_lost_stays_queued(world: World) -> Non
 
 def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) -> None:
     with session_scope(world.sessions) as session:
-        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
-        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
-            jobs.advance(session, job.id, a, b)
+        job = _running_job(session, world)
         uri = registry.get_version(session, world.base_id).checkpoint_uri
         job_id = job.id
     stored = {
@@ -296,9 +300,7 @@ def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) ->
         assert jobs.get_job(session, job_id).status == "cancelled"
     # Not cancelled: the version and the move to evaluating land together.
     with session_scope(world.sessions) as session:
-        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
-        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
-            jobs.advance(session, job.id, a, b)
+        job = _running_job(session, world)
         version_id = register_candidate(session, job, 0, **stored)
         assert version_id is not None and jobs.get_job(session, job.id).candidate_version_ids == [version_id]
         assert jobs.get_job(session, job.id).status == "evaluating"
@@ -306,9 +308,7 @@ def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) ->
 
 def test_a_job_cancelled_while_evaluating_stops_scoring(world: World) -> None:
     with session_scope(world.sessions) as session:
-        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
-        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
-            jobs.advance(session, job.id, a, b)
+        job = _running_job(session, world)
         uri = registry.get_version(session, world.base_id).checkpoint_uri
         stored = {"parent_id": world.base_id, "checkpoint_uri": uri, "checkpoint_sha256": "f" * 64}
         candidate_id = register_candidate(session, job, 0, **stored, training={})
@@ -331,9 +331,7 @@ def test_a_job_cancelled_while_evaluating_stops_scoring(world: World) -> None:
 
 def test_a_duplicate_message_that_fails_leaves_a_job_another_worker_runs(world: World, tasks: Any) -> None:
     with session_scope(world.sessions) as session:
-        job, _ = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(world.body))
-        for a, b in [(JobStatus.VALIDATING, JobStatus.QUEUED), (JobStatus.QUEUED, JobStatus.RUNNING)]:
-            jobs.advance(session, job.id, a, b)
+        job = _running_job(session, world)
         leases.acquire(session, key=leases.job_key(job.id), owner="other", job_id=job.id, ttl_seconds=3600)
         job_id = job.id
     # This worker's duplicate of the job's message ran out of retries on a database error.
