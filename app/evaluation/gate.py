@@ -239,8 +239,16 @@ def _sample(ids: Sequence[str], limit: int = 3) -> str:
     return shown + (", ..." if len(ids) > limit else "")
 
 
-def _failure_notes(parent_failures: int, candidate_failures: int) -> str:
+def _failure_notes(parent_failures: int, candidate_failures: int, failed_on_both: Sequence[str]) -> str:
     notes = []
+    if failed_on_both:
+        # Deliberately still a loss (a failure never helps the candidate), but named: the same item
+        # failing on both models points at the suite, and it will fail every later candidate too.
+        notes.append(
+            f"{len(failed_on_both)} item(s) failed to evaluate on both models ({_sample(failed_on_both)}), "
+            "which points at the suite itself (a prompt longer than the context, a pattern that times "
+            "out): fix or remove them, or every candidate on this lineage fails this suite"
+        )
     if candidate_failures:
         notes.append(f"{candidate_failures} candidate item(s) failed to evaluate and count as 0")
     if parent_failures:
@@ -292,6 +300,11 @@ def _judge_suite(comparison: SuiteComparison, options: GateOptions) -> GateRow:
     candidate_points = to_points([CANDIDATE_FAILURE_SCORE if s is None else float(s) for s in candidate_raw])
     parent_failures = sum(score is None for score in parent_raw)
     candidate_failures = sum(score is None for score in candidate_raw)
+    failed_on_both = [
+        item_id
+        for item_id, parent, candidate in zip(item_ids, parent_raw, candidate_raw, strict=True)
+        if parent is None and candidate is None
+    ]
 
     delta, low, high = paired_bootstrap_delta_ci(
         parent_points,
@@ -345,7 +358,7 @@ def _judge_suite(comparison: SuiteComparison, options: GateOptions) -> GateRow:
     passed = not failures
     reason = (
         f"Passed: {summary}; {verdict}." if passed else f"Failed: {summary}; " + "; and ".join(failures) + "."
-    ) + _failure_notes(parent_failures, candidate_failures)
+    ) + _failure_notes(parent_failures, candidate_failures, failed_on_both)
     return GateRow(
         suite=comparison.suite_name,
         suite_sha256=comparison.suite_sha256,

@@ -25,10 +25,15 @@ Reference = str | Sequence[str]
 DEFAULT_ABS_TOL = 1e-6
 DEFAULT_REL_TOL = 0.0
 
-# Letters accepted in the regex grader's "flags" option.
-REGEX_FLAG_LETTERS: Mapping[str, re.RegexFlag] = MappingProxyType(
-    {"a": re.ASCII, "i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+# Letters accepted in the regex grader's "flags" option, as the `regex` module's own flags: its
+# values differ from `re`'s (re.ASCII has the value of regex.VERSION1).
+REGEX_FLAG_LETTERS: Mapping[str, int] = MappingProxyType(
+    {"a": regex.ASCII, "i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL, "x": regex.VERBOSE}
 )
+# Compiling a counted repeat costs time and memory in proportion to its count ("a{10000000}" takes
+# seconds and gigabytes), and the API compiles every uploaded pattern: bound both before compiling.
+MAX_REGEX_CHARS = 2000
+MAX_REGEX_EXPANSION = 10_000
 KNOWN_GRADER_OPTIONS = frozenset({"abs_tol", "rel_tol", "flags"})
 
 
@@ -60,7 +65,7 @@ def validate_grader_options(options: Mapping[str, Any]) -> list[str]:
 
 
 def regex_flags(options: Mapping[str, Any]) -> int:
-    """re flags from options["flags"] (letters a/i/m/s/x); none by default, so matching is case-sensitive."""
+    """regex flags from options["flags"] (letters a/i/m/s/x); none by default: matching is case-sensitive."""
     flags = 0
     for letter in options.get("flags", ""):
         if letter not in REGEX_FLAG_LETTERS:
@@ -69,9 +74,59 @@ def regex_flags(options: Mapping[str, Any]) -> int:
     return flags
 
 
+def _repeat_counts(pattern: str) -> list[int]:
+    """The lower bound of every counted repeat ("{m}", "{m,}", "{m,n}") written in pattern."""
+    return [int(low) for low in re.findall(r"\{\s*(\d+)\s*(?:,\s*\d*\s*)?\}", pattern)]
+
+
+def _expansion(items: Any) -> int:
+    """How many pattern nodes compiling items makes: counted repeats multiply what they repeat."""
+    total = 0
+    for op, value in items:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            low, _, inner = value
+            total += max(low, 1) * _expansion(inner)
+        elif name == "SUBPATTERN":
+            total += _expansion(value[3])
+        elif name == "BRANCH":
+            total += sum(_expansion(branch) for branch in value[1])
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            total += _expansion(value[1])
+        elif name == "ATOM_GROUP":
+            total += _expansion(value)
+        elif name == "GROUPREF_EXISTS":
+            total += sum(_expansion(branch) for branch in value[1:] if branch is not None)
+        else:
+            total += 1
+    return total
+
+
+def regex_expansion(pattern: str, flags: int) -> int:
+    """The size compiling pattern expands to. Patterns the standard parser reads are measured from
+    their repeat tree; for the `regex` module's own syntax (\\p{L}, fuzzy matching) every counted
+    repeat is taken as nested in every other."""
+    try:
+        # re's parser is private but stable; it gives the repeat tree the `regex` module also builds.
+        from re import _parser  # type: ignore[attr-defined]
+
+        return _expansion(_parser.parse(pattern, re.VERBOSE if flags & regex.VERBOSE else 0))
+    except (re.error, RecursionError, OverflowError):
+        return math.prod(max(count, 1) for count in _repeat_counts(pattern))
+
+
 def compile_reference_regex(pattern: str, options: Mapping[str, Any]) -> Any:
-    """Compile a regex reference the way the regex grader will; raises regex.error when invalid."""
-    return regex.compile(pattern, regex_flags(options))
+    """Compile a regex reference the way the regex grader will; raises regex.error when invalid or
+    too large to compile safely."""
+    flags = regex_flags(options)
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise regex.error(f"the pattern is {len(pattern)} characters; at most {MAX_REGEX_CHARS} are allowed")
+    if regex_expansion(pattern, flags) > MAX_REGEX_EXPANSION:
+        raise regex.error(
+            f"the pattern's counted repeats expand to more than {MAX_REGEX_EXPANSION:,} nodes "
+            "(e.g. a{100000}); use an open repeat such as a+ or a smaller count"
+        )
+    return regex.compile(pattern, flags)
 
 
 def _tolerance(options: Mapping[str, Any], key: str, default: float) -> float:
@@ -101,11 +156,12 @@ _NUMBER_START = re.compile(r"[-+]?\.?\d")
 
 
 def normalize_text(text: str) -> str:
-    """Casefold, collapse whitespace runs to one space, strip punctuation at both ends.
+    """NFKC-normalise and casefold, collapse whitespace runs to one space, strip punctuation at both ends.
 
+    NFKC makes the same text typed differently compare equal (a decomposed "é", fullwidth "４２").
     A leading "-", "+" or "." that begins a number is kept, so "-5" and ".5" keep their meaning.
     """
-    collapsed = " ".join(text.casefold().split())
+    collapsed = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     start, end = 0, len(collapsed)
     while start < end:
         char = collapsed[start]
@@ -155,10 +211,13 @@ REGEX_TIMEOUT_SECONDS = 1.0
 def grade_regex(output: str, references: Sequence[Any], options: Mapping[str, Any]) -> float:
     """1.0 iff a reference pattern is found in the output (flags from options["flags"]); a pattern that
     runs past REGEX_TIMEOUT_SECONDS raises ValueError, which fails that item with the reason."""
-    flags = regex_flags(options)
     for pattern in _string_references(references):
         try:
-            if regex.search(pattern, output, flags, timeout=REGEX_TIMEOUT_SECONDS):
+            compiled = compile_reference_regex(pattern, options)
+        except regex.error as error:
+            raise ValueError(f"the reference pattern {pattern[:60]!r} cannot be used: {error}") from None
+        try:
+            if compiled.search(output, timeout=REGEX_TIMEOUT_SECONDS):
                 return 1.0
         except TimeoutError:
             raise ValueError(
@@ -254,7 +313,7 @@ class _Found:
 def _loads(text: str) -> _Found | None:
     try:
         return _Found(json.loads(text))
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than the parser goes is not an answer
         return None
 
 
@@ -272,7 +331,7 @@ def extract_json(text: str) -> tuple[bool, Any]:
         if char in "{[":
             try:
                 value, _ = _DECODER.raw_decode(text, index)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             return True, value
     return False, None
@@ -454,18 +513,19 @@ def grade_tool_call(output: str, references: Sequence[Any], options: Mapping[str
 
 
 def grade_choice(option_logliks: Sequence[float], reference_index: int) -> float:
-    """1.0 iff the reference option has the highest log-likelihood.
+    """1.0 iff the reference option's log-likelihood is higher than every other option's.
 
-    Ties go to the lowest index (so a tie with an earlier option is a miss, and the verdict never
-    depends on float noise in a sort); NaN counts as -inf.
+    A tie for the highest is a miss wherever the reference stands, so a model that scores every
+    option alike (a diverged one gives NaN everywhere) earns nothing; NaN counts as -inf.
     """
     if not option_logliks:
         raise ValueError("at least one option log-likelihood is required")
     if not 0 <= reference_index < len(option_logliks):
         raise ValueError(f"reference_index {reference_index} out of range for {len(option_logliks)} options")
     scores = [-math.inf if math.isnan(value) else value for value in option_logliks]
-    best_index = max(range(len(scores)), key=lambda index: (scores[index], -index))
-    return float(best_index == reference_index)
+    reference = scores[reference_index]
+    others = scores[:reference_index] + scores[reference_index + 1 :]
+    return float(reference > -math.inf and all(reference > score for score in others))
 
 
 # --------------------------------------------------------------------------- registry

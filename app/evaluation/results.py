@@ -23,7 +23,8 @@ from typing import Any
 from app.evaluation.stats import bootstrap_mean_ci, derive_seed, to_points
 
 RESULT_FORMAT = "suite-result/1"
-CACHE_KEY_FORMAT = "eval-cache/1"
+# /2: graders changed (NFKC in exact_match, regex flag "a", choice ties are misses).
+CACHE_KEY_FORMAT = "eval-cache/2"
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 FAILED_ITEM_SCORE = 0.0
@@ -131,8 +132,10 @@ def _canonical_json(value: Any) -> str:
 
 
 def decoding_hash(decoding: Mapping[str, Any]) -> str:
-    """sha256 hex of an effective decoding: with the checkpoint and suite sha it names a score."""
-    return hashlib.sha256(_canonical_json(dict(decoding)).encode("utf-8")).hexdigest()
+    """sha256 hex of an effective decoding and the grading format: with the checkpoint and suite sha it
+    names a score, so a score graded by earlier graders is never compared with a new one."""
+    payload = {"format": CACHE_KEY_FORMAT, "decoding": dict(decoding)}
+    return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()
 
 
 def eval_cache_key(model_sha256: str, suite_sha256: str, decoding: Mapping[str, Any]) -> str:

@@ -24,6 +24,7 @@ from app.contracts.problems import Problems, RowProblem, decode_json_row, summar
 from app.evaluation.graders import (
     KNOWN_GRADERS,
     compile_reference_regex,
+    normalize_text,
     parse_number,
     parse_tool_call_reference,
     tool_call_reference_from_golden,
@@ -125,7 +126,8 @@ class SuiteItem:
         return self.options.index(self.references[0])
 
     def canonical(self) -> dict[str, Any]:
-        """Content that defines the item; the line number is left out so blank lines do not matter."""
+        """Content that defines the item. The line number is left out, but an id generated from it
+        ("row-3") is in: with generated ids a blank line changes the sha, with explicit ids it does not."""
         prompt: str | list[MessageDict] = self.prompt if isinstance(self.prompt, str) else self.messages()
         return {
             "id": self.item_id,
@@ -150,7 +152,7 @@ class EvalSuite:
 
     @cached_property
     def sha256(self) -> str:
-        """sha256 of canonical JSON of (meta, items): same content, same sha, whatever the file layout."""
+        """sha256 of canonical JSON of (meta, items): the same content, the same sha (see canonical())."""
         return _canonical_sha256(
             {"meta": self.meta.model_dump(mode="json"), "items": [item.canonical() for item in self.items]}
         )
@@ -269,6 +271,11 @@ def _check_reference(field: str, text: str, grader: str, meta: SuiteMeta, check:
             compile_reference_regex(text, meta.grader_options)
         except regex.error as error:
             check.fail(field, f"invalid regex: {error}")
+    elif grader == "exact_match":
+        if not normalize_text(text):
+            check.fail(
+                field, "reference is only punctuation, which the grader strips: an empty answer matches it"
+            )
     elif grader == "json_match":
         try:
             json.loads(text)

@@ -229,6 +229,9 @@ def test_parent_failures_never_help_the_candidate() -> None:
     # A failure on both sides is a loss for the candidate.
     both = judge(comparison([None, 1.0], [None, 1.0], tolerance=2.0)).rows[0]
     assert both.delta == pytest.approx(-50.0) and not both.passed
+    # ... and named as the suite's own problem, since it will fail every later candidate too.
+    assert "1 item(s) failed to evaluate on both models" in both.reason
+    assert "points at the suite itself" in both.reason
 
 
 def test_item_set_mismatch_rejects() -> None:

@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import regex
 
 from app.evaluation.graders import (
     GRADERS,
     KNOWN_GRADERS,
+    compile_reference_regex,
     first_number,
     grade,
     grade_choice,
     normalize_text,
     parse_react_tool_calls,
     parse_tool_call_reference,
+    regex_expansion,
     tool_call_reference_from_golden,
     validate_grader_options,
 )
@@ -40,6 +43,8 @@ TOOLALPACA_EVAL = REPO_ROOT / ".." / "shared" / "data" / "toolalpaca-eval.jsonl"
         ('"Paris"', "Paris"),
         ("**Paris**!", "paris"),
         ("STRASSE", "straße"),  # casefold, not lower()
+        ("cafe\u0301", "caf\u00e9"),  # decomposed and composed é: the same text
+        ("\uff14\uff12", "42"),  # fullwidth digits
         ("-5", "-5."),
         (".5", ".5"),
     ],
@@ -126,6 +131,31 @@ def test_regex_rejects_unknown_flag() -> None:
         grade("regex", "x", "x", {"flags": "q"})
 
 
+def test_regex_flag_letters_are_the_regex_modules_flags() -> None:
+    # re.ASCII has the value of regex.VERSION1, under which "ai" folds "ß" to "SS".
+    assert grade("regex", "café", r"^\w+$") == 1.0
+    assert grade("regex", "café", r"^\w+$", {"flags": "a"}) == 0.0
+    assert grade("regex", "STRASSE", "straße", {"flags": "ai"}) == 0.0
+
+
+@pytest.mark.parametrize(
+    "pattern", ["a{10000000}", "(?:(?:(?:a{50}){50}){50}){50}", r"\p{L}{100000}", "a" * 2001]
+)
+def test_regex_too_large_to_compile_is_refused_before_compiling(pattern: str) -> None:
+    # Compiling a{10000000} alone takes seconds and gigabytes; it must be refused by measurement.
+    with pytest.raises(regex.error, match=r"at most|expand"):
+        compile_reference_regex(pattern, {})
+    with pytest.raises(ValueError, match="cannot be used"):
+        grade("regex", "aaa", pattern)
+
+
+def test_regex_expansion_counts_nested_repeats() -> None:
+    assert regex_expansion("a{1000}", 0) == 1000
+    assert regex_expansion("(?:ab{10}){20}", 0) == 20 * (1 + 10)
+    assert regex_expansion(r"\p{L}{3}\d{4}", 0) == 12  # regex-only syntax: counts multiplied
+    compile_reference_regex(r"\d{3}-\d{3}-\d{4}", {})
+
+
 # --------------------------------------------------------------------------- numeric
 
 
@@ -201,6 +231,11 @@ def test_json_match_strict_types() -> None:
 def test_json_match_array_and_missing_json() -> None:
     assert grade("json_match", "list: [1, 2, 3]", "[1, 2, 3]") == 1.0
     assert grade("json_match", "no json at all", "[1]") == 0.0
+
+
+def test_json_match_too_deep_output_is_no_answer() -> None:
+    assert grade("json_match", "Here you go: " + "[" * 3000, "[1]") == 0.0
+    assert grade("json_match", "[" * 3000 + "]" * 3000, "[1]") == 0.0
 
 
 def test_json_match_invalid_reference_raises() -> None:
@@ -357,12 +392,15 @@ def test_tool_call_reference_round_trips() -> None:
 # --------------------------------------------------------------------------- choice and registry
 
 
-def test_grade_choice_argmax_with_ties_to_lowest_index() -> None:
+def test_grade_choice_needs_the_strictly_highest_likelihood() -> None:
     assert grade_choice([-3.0, -1.0, -2.0], 1) == 1.0
     assert grade_choice([-3.0, -1.0, -2.0], 2) == 0.0
-    assert grade_choice([-1.0, -1.0], 0) == 1.0
+    # A tie for the highest is a miss wherever the reference stands.
+    assert grade_choice([-1.0, -1.0], 0) == 0.0
     assert grade_choice([-1.0, -1.0], 1) == 0.0
     assert grade_choice([math.nan, -5.0], 1) == 1.0
+    # A diverged model (NaN everywhere) earns nothing, even when the answer is the first option.
+    assert grade_choice([math.nan, math.nan, math.nan], 0) == 0.0
 
 
 def test_grade_choice_rejects_bad_input() -> None:

@@ -152,6 +152,8 @@ BAD_ROWS: list[tuple[str, str, str]] = [
     (json.dumps({"prompt": "q", "reference": {"a": 1}}), "reference", "string"),
     (json.dumps({"prompt": "q", "reference": "a", "grader": "fuzzy"}), "grader", "unknown"),
     (json.dumps({"prompt": "q", "reference": "([a-z", "grader": "regex"}), "reference", "regex"),
+    (json.dumps({"prompt": "q", "reference": "a{10000000}", "grader": "regex"}), "reference", "expand"),
+    (json.dumps({"prompt": "q", "reference": ["ok", "?!"]}), "reference[1]", "empty answer"),
     (json.dumps({"prompt": "q", "reference": "A", "grader": "choice"}), "options", "2 options"),
     (
         json.dumps({"prompt": "q", "reference": "A", "grader": "choice", "options": ["A"]}),
