@@ -44,12 +44,15 @@ class ForgettingMatrix:
         return tuple(row[index] for row in self.cells)
 
     def forgetting_by_suite(self) -> dict[str, float | None]:
-        """Per suite: best earlier score minus the latest score (positive = forgotten, negative =
-        improved since); None with fewer than two scored versions."""
+        """Per suite: best earlier score minus the newest version's score (positive = forgotten,
+        negative = improved since); None when the newest version was not scored on the suite (an
+        older version's figure would read as the newest's) or no earlier version was."""
         forgetting: dict[str, float | None] = {}
         for suite in self.suites:
-            scored = [cell.score for cell in self.column(suite) if cell is not None]
-            forgetting[suite] = max(scored[:-1]) - scored[-1] if len(scored) >= 2 else None
+            column = self.column(suite)
+            newest = column[-1] if column else None
+            earlier = [cell.score for cell in column[:-1] if cell is not None]
+            forgetting[suite] = max(earlier) - newest.score if newest is not None and earlier else None
         return forgetting
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +116,11 @@ def forgetting_matrix(versions: Sequence[VersionScores]) -> ForgettingMatrix:
 # --------------------------------------------------------------------------- plots
 
 
+def _literal(text: str) -> str:
+    """text shown as written: matplotlib reads "$...$" in any label as math, and fails on bad math."""
+    return text.replace("$", r"\$")
+
+
 def _draw_matrix(axes: Axes, matrix: ForgettingMatrix, color_index: Mapping[str, int]) -> None:
     from matplotlib import colormaps
 
@@ -132,9 +140,11 @@ def _draw_matrix(axes: Axes, matrix: ForgettingMatrix, color_index: Mapping[str,
             capsize=3,
             linewidth=1.8,
             color=palette(color_index[suite] % palette.N),
-            label=suite,
+            label=_literal(suite),
         )
-    axes.set_xticks(positions, list(matrix.labels), rotation=30 if len(positions) > 4 else 0)
+    axes.set_xticks(
+        positions, [_literal(label) for label in matrix.labels], rotation=30 if len(positions) > 4 else 0
+    )
     axes.set_xlim(-0.5, max(0.5, len(positions) - 0.5))
     axes.set_ylim(0, 100)
     axes.set_xlabel("model version (lineage order)")
@@ -154,6 +164,6 @@ def plot_forgetting(matrix: ForgettingMatrix, path: str | Path, title: str) -> N
     axes = figure.add_subplot()
     _draw_matrix(axes, matrix, {suite: index for index, suite in enumerate(matrix.suites)})
     axes.set_ylabel("score (points)")
-    axes.set_title(title)
+    axes.set_title(_literal(title))
     axes.legend(loc="best", fontsize="small")
     figure.savefig(Path(path), format="png", dpi=120, bbox_inches="tight")

@@ -62,6 +62,16 @@ def test_forgetting_by_suite() -> None:
     assert forgetting["general"] is None  # scored once
 
 
+def test_forgetting_is_none_when_the_newest_version_is_unscored() -> None:
+    # v2 was never scored on "facts": v1's gain must not be shown as the newest version's.
+    lineage = [
+        VersionScores("v0", "base", {"facts": score(80.0)}),
+        VersionScores("v1", "+a", {"facts": score(90.0)}),
+        VersionScores("v2", "+b", {"other": score(50.0)}),
+    ]
+    assert forgetting_matrix(lineage).forgetting_by_suite() == {"facts": None, "other": None}
+
+
 def test_to_dict_is_json_serializable_with_nulls() -> None:
     data = forgetting_matrix(sdft_lineage()).to_dict()
     assert json.loads(json.dumps(data)) == data
@@ -100,6 +110,17 @@ def test_plot_forgetting_writes_a_png(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
     assert len(data) > 5_000
+
+
+def test_plot_shows_dollar_signs_as_written(tmp_path: Path) -> None:
+    # matplotlib reads "$...$" as math and fails on unknown commands: names are shown literally.
+    lineage = [
+        VersionScores("v0", r"Qwen $\beta$ $\notacommand$", {r"cost $\nope$": score(40.0)}),
+        VersionScores("v1", "+x", {r"cost $\nope$": score(50.0)}),
+    ]
+    path = tmp_path / "dollars.png"
+    plot_forgetting(forgetting_matrix(lineage), path, r"lineage of $\bogus$")
+    assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_plotting_nothing_raises(tmp_path: Path) -> None:
