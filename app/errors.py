@@ -98,6 +98,13 @@ class ServiceUnavailable(AppError):
     type = "server_error"
 
 
+class InternalError(AppError):
+    """A known server-side fault worth naming (stored bytes gone); retrying will not help."""
+
+    status = 500
+    type = "server_error"
+
+
 # Seconds a client should wait before retrying a request refused because the API is saturated.
 BUSY_RETRY_AFTER_SECONDS = 1
 

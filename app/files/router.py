@@ -87,7 +87,7 @@ def get_file_content(
     """The stored bytes, exactly as uploaded."""
     row = service.get_file(session, file_id, viewer=principal)
     return StreamingResponse(
-        service.iter_content(store, row),
+        service.iter_content(service.open_content(store, row)),
         media_type="application/jsonl",
         headers={
             "Content-Length": str(row.bytes),

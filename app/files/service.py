@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, BinaryIO, Literal
 from urllib.parse import unquote
 
 from sqlalchemy import Text, cast, select
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.auth.service import Principal, can_see, team_filter
 from app.contracts.problems import RowProblem
 from app.db import new_id, now
-from app.errors import BadRequest, Conflict, NotFound, Unprocessable
+from app.errors import BadRequest, Conflict, InternalError, NotFound, Unprocessable
 from app.files.models import UploadedFile
 from app.files.preflight import (
     LengthCounter,
@@ -205,10 +205,18 @@ def create_file(
 
 
 def get_file(
-    session: Session, file_id: str, *, param: str = "id", viewer: Principal | None = None
+    session: Session,
+    file_id: str,
+    *,
+    param: str = "id",
+    viewer: Principal | None = None,
+    lock: Literal["share", "update"] | None = None,
 ) -> UploadedFile:
-    """The file; 404 when it does not exist or belongs to another team than `viewer`'s."""
-    row = session.get(UploadedFile, file_id)
+    """The file; 404 when it does not exist or belongs to another team than `viewer`'s. `lock` takes
+    its row lock until commit (PostgreSQL): "share" for a user of the file, "update" to delete it, so
+    a job or suite bound to it and its deletion cannot both commit."""
+    locking = None if lock is None else {"read": lock == "share"}
+    row = session.get(UploadedFile, file_id, with_for_update=locking)
     if row is None or not can_see(viewer, row.team):
         raise NotFound(f"no file {file_id!r}", code="file_not_found", param=param)
     return row
@@ -218,7 +226,7 @@ def require_ready_file(
     session: Session, file_id: str, *, purpose: FilePurpose, param: str, viewer: Principal | None = None
 ) -> UploadedFile:
     """The file, checked to exist (for `viewer`), be ready and have the purpose the caller needs."""
-    row = get_file(session, file_id, param=param, viewer=viewer)
+    row = get_file(session, file_id, param=param, viewer=viewer, lock="share")
     if row.purpose != purpose:
         raise Unprocessable(
             f"{file_id} was uploaded as {row.purpose}, not {purpose}", code="wrong_file_purpose", param=param
@@ -246,10 +254,23 @@ def list_files(
     return paginate(session, stmt, UploadedFile.id, after=after, limit=limit)
 
 
-def iter_content(store: Store, row: UploadedFile) -> Iterator[bytes]:
-    """The stored bytes, in chunks (uploads go up to the upload limit)."""
-    with store.open(row.storage_uri) as f:
-        while chunk := f.read(CONTENT_CHUNK_BYTES):
+def open_content(store: Store, row: UploadedFile) -> BinaryIO:
+    """The stored bytes, opened before any response is sent: a blob gone from storage is an error the
+    client sees, not a 200 whose body stops short."""
+    try:
+        return store.open(row.storage_uri)
+    except FileNotFoundError:
+        raise InternalError(
+            f"the stored bytes of {row.id} are missing from storage; upload the file again",
+            code="file_content_missing",
+            param="id",
+        ) from None
+
+
+def iter_content(handle: BinaryIO) -> Iterator[bytes]:
+    """An opened file's bytes, in chunks (uploads go up to the upload limit); closes it at the end."""
+    with handle:
+        while chunk := handle.read(CONTENT_CHUNK_BYTES):
             yield chunk
 
 
@@ -278,7 +299,7 @@ def in_use_error(what: str, kind: str, users: Sequence[tuple[str, str, str]], vi
 def delete_file(session: Session, file_id: str, *, viewer: Principal) -> str:
     """Delete a file nobody uses: 409 `file_in_use` while any suite is bound to it or any job (whatever
     its status) trains on it. The stored bytes go with the next `sdft gc` (blobs are shared by content)."""
-    row = get_file(session, file_id, viewer=viewer)
+    row = get_file(session, file_id, viewer=viewer, lock="update")
     suites = session.scalars(select(Suite).where(Suite.file_id == row.id).order_by(Suite.id)).all()
     users = [("suite", suite.id, suite.team) for suite in suites]
     users += [

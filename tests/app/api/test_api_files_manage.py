@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
+from app.files import service as files
 from app.registry import service as registry
+from app.settings import Settings
+from app.storage import make_store
 
 from .conftest import demonstration_lines, make_suite, suite_lines, unique, upload
 from .test_api_files import assert_error
@@ -62,6 +67,44 @@ def test_content_is_the_stored_bytes_for_the_team_only(
     assert response.headers["content-length"] == str(len(content.encode()))
     assert_error(client.get(f"/v1/files/{file_id}/content", headers=rival), 404, "file_not_found", "id")
     assert_error(client.get("/v1/files/file_nope/content", headers=writer), 404, "file_not_found", "id")
+
+
+def test_content_missing_from_storage_is_an_error_not_a_short_body(
+    client: TestClient, writer: dict[str, str], db: sessionmaker[Session], backend: Settings
+) -> None:
+    # Unique bytes: blobs are shared by content, and this one is removed from the store.
+    row = {"prompt": f"what is {unique('x')}", "demonstration": "a word"}
+    file_id = upload(client, writer, json.dumps(row) + "\n", "demonstrations").json()["id"]
+    with session_scope(db) as session:
+        uri = files.get_file(session, file_id).storage_uri
+    make_store(backend.storage_path).local_path(uri).unlink()
+    # Before: 200 with a Content-Length, then the body ended at 0 bytes.
+    assert_error(
+        client.get(f"/v1/files/{file_id}/content", headers=writer), 500, "file_content_missing", "id"
+    )
+
+
+def test_deleting_a_file_waits_for_a_job_or_suite_binding_it(
+    client: TestClient, writer: dict[str, str], db: sessionmaker[Session]
+) -> None:
+    # A job or suite being created holds the file's row (FOR SHARE) until it commits, so a deletion
+    # then sees it and answers file_in_use instead of leaving the new job with a missing file.
+    file_id = upload(client, writer, demonstration_lines(2), "demonstrations").json()["id"]
+    binding = db()
+    binding.begin()
+    files.require_ready_file(binding, file_id, purpose=files.FilePurpose.DEMONSTRATIONS, param="file")
+    deleted: list[int] = []
+    thread = threading.Thread(
+        target=lambda: deleted.append(client.delete(f"/v1/files/{file_id}", headers=writer).status_code)
+    )
+    thread.start()
+    thread.join(timeout=0.5)
+    if db.kw["bind"].dialect.name == "postgresql":
+        assert thread.is_alive() and not deleted
+    binding.rollback()
+    binding.close()
+    thread.join(timeout=30)
+    assert deleted == [200]
 
 
 def test_a_file_in_use_is_kept_and_an_unused_one_deleted(
