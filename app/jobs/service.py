@@ -409,7 +409,13 @@ def append_event(
     message: str,
     data: dict[str, Any] | None = None,
 ) -> JobEvent:
-    """Append one event a user will see (`type`: status, message, metrics, stage, checkpoint, gate...)."""
+    """Append one event a user will see (`type`: status, message, metrics, stage, checkpoint, gate...).
+
+    Takes the job's row lock first (PostgreSQL; SQLite writers are serialised anyway): an event's seq
+    is drawn at insert but seen at commit, and the event stream reads "seq > last sent". Without the
+    lock a transaction could commit seq 2 while seq 1 was still uncommitted, and the stream skip it.
+    """
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
     event = JobEvent(
         id=new_id("evt"),
         job_id=job_id,

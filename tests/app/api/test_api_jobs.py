@@ -497,6 +497,33 @@ def test_event_stream_follows_the_job_to_the_end(
     assert [d.get("message") for _i, k, d in resumed if k != "end"] == messages[3:]
 
 
+def test_events_commit_in_seq_order(
+    client: TestClient, writer: dict[str, str], job_body: dict[str, Any], db: sessionmaker[Session]
+) -> None:
+    # The stream sends "seq > last sent": an event that took seq 1 and committed after seq 2 would never
+    # be sent. A second appender waits for the first transaction instead (PostgreSQL row lock).
+    job_id = _new_job(client, writer, job_body)
+    first = db()
+    first.begin()
+    first_seq = jobs.append_event(session=first, job_id=job_id, level="info", type="message", message="a").seq
+    second_seq: list[int] = []
+
+    def second_appender() -> None:
+        with db.begin() as session:
+            event = jobs.append_event(session, job_id=job_id, level="info", type="message", message="b")
+            second_seq.append(event.seq)
+
+    thread = threading.Thread(target=second_appender)
+    thread.start()
+    thread.join(timeout=0.5)
+    if db.kw["bind"].dialect.name == "postgresql":
+        assert thread.is_alive() and not second_seq  # waiting for the first transaction's lock
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert second_seq and second_seq[0] > first_seq
+
+
 def test_event_stream_errors_before_streaming(
     client: TestClient, writer: dict[str, str], job_body: dict[str, Any]
 ) -> None:
