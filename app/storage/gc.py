@@ -78,6 +78,7 @@ def collect_garbage(
     ended = {str(s) for s in TERMINAL_STATUSES}
     statuses = dict(session.execute(select(Job.id, Job.status)).tuples().all())
     candidates: list[Path] = []
+    stored: set[Path] = set()  # trees and blobs: spared if written or touched by the time they go
     for run in sorted((root / "runs").glob("*")) if (root / "runs").is_dir() else []:
         # A job's run directory that a version still points into (registered before versions went into
         # the store's trees) is kept like any other version file.
@@ -89,10 +90,16 @@ def collect_garbage(
     for tree in sorted((root / "trees").glob("*")) if (root / "trees").is_dir() else []:
         if (tree.name.startswith(".tmp-") or tree.resolve() not in versions) and not fresh(tree):
             candidates.append(tree)
+            stored.add(tree)
     for blob in sorted((root / "blobs").rglob("*")) if (root / "blobs").is_dir() else []:
         if blob.is_file() and blob.resolve() not in blobs and not fresh(blob):
             candidates.append(blob)
+            stored.add(blob)
     for path in candidates:
+        # Checked again just before removing: an upload of the same bytes since the walk touched it,
+        # and its row may not be committed yet.
+        if path in stored and fresh(path):
+            continue
         report.bytes_freed += _size(path)
         report.removed.append(path)
         if not dry_run:

@@ -21,6 +21,16 @@ from app.storage.base import StoredObject, file_uri_to_path, tree_sha256
 _SUFFIX = re.compile(r"^(\.[A-Za-z0-9]{1,16})?$")
 
 
+def _touch(path: Path) -> bool:
+    """Mark a stored object fresh, so `sdft gc` spares it until the caller references it; False when
+    it is not there (never stored, or collected a moment ago)."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
@@ -33,18 +43,14 @@ class LocalStore:
     def put_bytes(self, data: bytes, *, suffix: str = "") -> StoredObject:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self._blob_path(sha256, suffix)
-        if target.exists():
-            os.utime(target)  # see put_dir
-        else:
+        if not _touch(target):
             _write_blob(target, lambda tmp: tmp.write_bytes(data))
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=len(data))
 
     def put_file(self, path: Path, *, suffix: str = "") -> StoredObject:
         sha256 = file_sha256(path)
         target = self._blob_path(sha256, suffix)
-        if target.exists():
-            os.utime(target)  # see put_dir
-        else:
+        if not _touch(target):
             _write_blob(target, lambda tmp: shutil.copyfile(path, tmp))
         return StoredObject(uri=target.as_uri(), sha256=sha256, size=target.stat().st_size)
 

@@ -115,3 +115,31 @@ def test_gc_keeps_what_is_referenced_and_removes_the_rest(tmp_path: Path) -> Non
             p.name
             for p in collect_garbage(session, settings.storage_path, dry_run=True, grace_seconds=0).removed
         } == {"job_live"}
+
+
+def test_gc_spares_a_blob_uploaded_again_during_the_walk(tmp_path: Path, monkeypatch: object) -> None:
+    # The same bytes uploaded again while gc runs: the store touches the blob and the new row commits
+    # later. gc re-checks the time just before removing, so the new file keeps its bytes.
+    settings = Settings(data_dir=tmp_path)
+    ensure_database(settings)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    store = make_store(settings.storage_path)
+    contents = [b"an orphan blob", b"another orphan blob"]
+    paths = [store.local_path(store.put_bytes(content, suffix=".jsonl").uri) for content in contents]
+    for path in paths:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    # gc removes in path order: the first goes, the second is uploaded again while the first is sized.
+    gone, uploaded_again = sorted(zip(paths, contents, strict=True))
+    import app.storage.gc as gc
+
+    measure = gc._size
+
+    def upload_during_walk(path: Path) -> int:
+        store.put_bytes(uploaded_again[1], suffix=".jsonl")
+        return measure(path)
+
+    monkeypatch.setattr(gc, "_size", upload_during_walk)  # type: ignore[attr-defined]
+    with session_scope(sessions) as session:
+        report = collect_garbage(session, settings.storage_path, dry_run=False)
+    assert report.removed == [gone[0]]
+    assert uploaded_again[0].exists() and not gone[0].exists()

@@ -53,14 +53,15 @@ def cmd_import_default(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     _apply_data_dir(args)
-    from app.db import make_engine, make_sessionmaker, session_scope
+    from app.db import make_engine, read_only_sessions, session_scope
     from app.settings import get_settings
     from app.storage.gc import collect_garbage
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
     try:
-        with session_scope(make_sessionmaker(engine)) as session:
+        # gc only reads the database: on SQLite a write session would block every upload for the walk.
+        with session_scope(read_only_sessions(engine)) as session:
             report = collect_garbage(session, settings.storage_path, dry_run=args.dry_run)
     finally:
         engine.dispose()
