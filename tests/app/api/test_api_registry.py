@@ -387,6 +387,34 @@ def test_alias_errors(
 # --------------------------------------------------------------------------- scores and forgetting
 
 
+def test_admins_read_per_item_outputs_of_scores_without_a_suite_row(
+    client: TestClient,
+    admin: dict[str, str],
+    reader: dict[str, str],
+    base_model: dict[str, Any],
+    job_id: str,
+    db: sessionmaker[Session],
+) -> None:
+    trained = child(db, base_model["id"], job_id, "scored-by-sha")
+    with db.begin() as session:  # recorded by sha alone, as the CLI's scores are
+        registry.record_score(
+            session,
+            model_version_id=trained,
+            suite_sha256="f" * 64,
+            decoding_hash="greedy-256",
+            score=50.0,
+            n=1,
+            per_item=[{"id": "row-1", "score": 0.5}],
+        )
+
+    def per_item(headers: dict[str, str]) -> Any:
+        url = f"/v1/models/{trained}/scores"
+        return client.get(url, params={"per_item": "true"}, headers=headers).json()["data"][0]["per_item"]
+
+    assert per_item(admin) == [{"id": "row-1", "score": 0.5}]
+    assert per_item(reader) is None
+
+
 def test_scores_cache_and_forgetting_matrix(
     client: TestClient,
     promoter: dict[str, str],
