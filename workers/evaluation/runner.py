@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -68,6 +69,52 @@ def _error_text(error: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- the runner
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    prompt: list[int]
+    options: list[list[int]] | None  # token ids per option (choice items)
+
+
+def prepare_item(
+    item: SuiteItem, renderer: ChatRenderer, context_length: int | None, max_new_tokens: int
+) -> PreparedItem | str:
+    """The item's prompt (and options) as token ids, or why it cannot be evaluated on this model: the
+    chat template rejects it, or it does not fit the context. The same on every model of a tokenizer
+    and context, so job validation reports these before any training (`suite_prompt_problems`)."""
+    try:
+        prompt = renderer.prompt_ids(item.messages())
+    except Exception as error:  # a template may reject a conversation shape (e.g. a system turn)
+        return f"the chat template failed: {_error_text(error)}"
+    if item.grader == "choice":
+        assert item.options is not None
+        options = [renderer.text_ids(option) for option in item.options]
+        needed = len(prompt) + max(len(option) for option in options)
+        if context_length is not None and needed > context_length:
+            return f"prompt plus longest option is {needed} tokens; the model's context is {context_length}"
+        return PreparedItem(prompt, options)
+    if context_length is not None and len(prompt) > context_length - max_new_tokens:
+        return (
+            f"prompt is {len(prompt)} tokens; the model's context is {context_length} positions and the "
+            f"suite generates up to {max_new_tokens} new tokens, so prompts may have at most "
+            f"{context_length - max_new_tokens} tokens"
+        )
+    return PreparedItem(prompt, None)
+
+
+def suite_prompt_problems(
+    suite: EvalSuite, tokenizer: PreTrainedTokenizerBase, context_length: int | None
+) -> list[str]:
+    """ "item <id> (line N): why" for every item that would fail to evaluate on any model with this
+    tokenizer and context: such an item fails on parent and candidate alike, so every gate fails."""
+    renderer = ChatRenderer(tokenizer, {})
+    problems = []
+    for item in suite.items:
+        prepared = prepare_item(item, renderer, context_length, suite.meta.decoding.max_new_tokens)
+        if isinstance(prepared, str):
+            problems.append(f"item {item.item_id} (line {item.line}): {prepared}")
+    return problems
 
 
 class _SuiteRun:
@@ -157,32 +204,13 @@ def evaluate_suite(
     to_generate: list[tuple[SuiteItem, list[int]]] = []
     to_score: list[tuple[SuiteItem, list[int], list[list[int]]]] = []
     for item in suite.items:
-        try:
-            prompt = renderer.prompt_ids(item.messages())
-        except Exception as error:  # a template may reject a conversation shape (e.g. a system turn)
-            run.fail(item, f"the chat template failed: {_error_text(error)}")
-            continue
-        if item.grader == "choice":
-            assert item.options is not None
-            options = [renderer.text_ids(option) for option in item.options]
-            needed = len(prompt) + max(len(option) for option in options)
-            if context_length is not None and needed > context_length:
-                run.fail(
-                    item,
-                    f"prompt plus longest option is {needed} tokens; the model's context is {context_length}",
-                )
-                continue
-            to_score.append((item, prompt, options))
-            continue
-        if context_length is not None and len(prompt) > context_length - decoding.max_new_tokens:
-            run.fail(
-                item,
-                f"prompt is {len(prompt)} tokens; the model's context is {context_length} positions and the "
-                f"suite generates up to {decoding.max_new_tokens} new tokens, so prompts may have at most "
-                f"{context_length - decoding.max_new_tokens} tokens",
-            )
-            continue
-        to_generate.append((item, prompt))
+        prepared = prepare_item(item, renderer, context_length, decoding.max_new_tokens)
+        if isinstance(prepared, str):
+            run.fail(item, prepared)
+        elif prepared.options is not None:
+            to_score.append((item, prepared.prompt, prepared.options))
+        else:
+            to_generate.append((item, prepared.prompt))
     run.advance(len(run.records))
 
     # Batches of similar lengths: a padded batch costs its longest prompt (tool-use prompts run from

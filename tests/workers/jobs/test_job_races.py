@@ -10,6 +10,7 @@ the job to the worker that holds it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -278,6 +279,34 @@ def test_a_validated_job_whose_message_is_lost_stays_queued(world: World) -> Non
         assert validate_job(session, store, job_id) == f"{job_id} queued"
     with session_scope(world.sessions) as session:
         assert jobs.get_job(session, job_id).status == "queued"
+
+
+def test_validation_fails_a_job_whose_suite_cannot_be_evaluated_on_its_base(world: World) -> None:
+    # An item too long for the base's context fails on parent and candidate alike, so every gate on
+    # the lineage would fail: the job is refused before any training, naming the suite and the item.
+    store = make_store(world.settings.storage_path)
+    long_row = json.dumps({"prompt": "plus " * 3000, "reference": "2"}) + "\n"
+    with session_scope(world.sessions) as session:
+        suite_file = files.create_file(
+            session, store, principal=ADMIN, filename="long.jsonl", content=(SUITE + long_row).encode(),
+            purpose=FilePurpose.REGRESSION_SUITE,
+        )  # fmt: skip
+        suite, _ = suites.create_suite(
+            session,
+            store,
+            principal=ADMIN,
+            body=SuiteCreate(name="long", file=suite_file.id, grader="contains"),
+        )
+        body = {**world.body, "stages": [{**world.body["stages"][0], "suites": [suite.id]}]}
+        job_id = jobs.create_job(session, principal=ADMIN, body=JobCreate.model_validate(body))[0].id
+    with session_scope(world.sessions) as session:
+        assert validate_job(session, store, job_id).startswith("failed validation")
+    with session_scope(world.sessions) as session:
+        job = jobs.get_job(session, job_id)
+        assert job.status == "failed" and job.error is not None
+        message = job.error["message"]
+    assert f"stages[0].suites: {suite.id}: 1 item(s) cannot be evaluated" in message
+    assert "item row-2 (line 2): prompt is" in message and "the model's context is 2048" in message
 
 
 def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) -> None:
