@@ -85,12 +85,14 @@ class Settings(BaseSettings):
     # when other work shares the machine.
     worker_threads: int = Field(default_factory=default_worker_threads, ge=1)
 
-    # Webhooks (app.webhooks, workers/webhooks.py): each POST waits at most `webhook_timeout_seconds`;
-    # a failed delivery is retried after `webhook_backoff_seconds`, doubling up to
-    # `webhook_backoff_max_seconds`, for `webhook_retry_window_seconds`; an endpoint is disabled after
-    # `webhook_max_consecutive_failures` failed attempts in a row or once its oldest undelivered event
-    # is older than the retry window. Receivers on loopback, private or link-local addresses are
-    # refused unless `webhook_allow_private_urls` (the workers could otherwise reach internal services).
+    # Webhooks (app.webhooks, workers/webhooks.py): each attempt (resolving, sending, the answer) takes
+    # at most `webhook_timeout_seconds`; a failed delivery is retried after `webhook_backoff_seconds`,
+    # doubling up to `webhook_backoff_max_seconds`, for `webhook_retry_window_seconds`; an endpoint is
+    # disabled after `webhook_max_consecutive_failures` failed attempts in a row that also last as long
+    # as one delivery's that many attempts take at this backoff (a burst during a short outage
+    # disables nothing), or once its oldest undelivered event is older than the retry window.
+    # Receivers on loopback, private or link-local addresses are refused unless
+    # `webhook_allow_private_urls` (the workers could otherwise reach internal services).
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     webhook_backoff_seconds: float = Field(default=30.0, gt=0)
     webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0)

@@ -4,10 +4,11 @@ One task is one attempt at one delivery (an event for one endpoint): claim it (a
 its own short transaction, so two tasks for one delivery never both send and a delivered one is
 never sent again), POST the signed body outside any transaction, record the outcome. A failure is
 retried by sending the task again with a Celery countdown (30 s doubling to 1 h by default), the
-schedule kept in the delivery row; an endpoint that fails too often in a row, or whose oldest
-undelivered event is older than the retry window, is disabled, its pending deliveries given up, and
-the jobs they were about get an event saying so. A task lost on the way (broker restart, a worker
-killed mid-POST) is re-sent by the reaper (`resend_lost_deliveries`).
+schedule kept in the delivery row; an endpoint whose failures in a row are many and last long (see
+`RetryPolicy.failing_seconds`), or whose oldest undelivered event is older than the retry window, is
+disabled, its pending deliveries given up, and the jobs they were about get an event saying so. A
+task lost on the way (broker restart, a worker killed mid-POST) is re-sent by the reaper
+(`resend_lost_deliveries`).
 
 Delivery is at least once: a worker that dies after the receiver answered but before the outcome
 was recorded leaves the delivery to be sent again. Receivers deduplicate on `webhook-id`.
@@ -15,14 +16,16 @@ was recorded leaves the delivery to be sent again. Receivers deduplicate on `web
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
+import ssl
 import time
+import typing
+from contextlib import suppress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from ipaddress import ip_address
 
-import httpx
+import httpcore
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
@@ -31,7 +34,8 @@ from app.jobs.service import EventLevel
 from app.queue import TaskName, TaskProducer, enqueue_after_commit
 from app.settings import Settings
 from app.webhooks import service as webhooks
-from app.webhooks.service import Attempt
+from app.webhooks.receivers import Receiver, is_public, parse_receiver
+from app.webhooks.service import Attempt, FailureStreak
 from app.webhooks.signing import signed_headers
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 # may send it again (its worker died).
 HOLD_MARGIN_SECONDS = 30.0
 USER_AGENT = "sdft-webhooks/1"
+# The most of a receiver's answer read: its status is all that counts, the rest is read only so that
+# a short answer ends the exchange cleanly.
+MAX_ANSWER_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,49 +73,147 @@ class RetryPolicy:
         """Seconds before the next attempt after `attempts` failed ones: backoff, doubling, capped."""
         return float(min(self.backoff_seconds * 2 ** max(0, attempts - 1), self.backoff_max_seconds))
 
+    @property
+    def failing_seconds(self) -> float:
+        """How long an endpoint's failures in a row must last to disable it: as long as one delivery
+        takes to fail `max_consecutive_failures` times (about 13 h by default). A count alone is
+        reached in a second by a burst of events during a short outage."""
+        return sum(self.delay(n) for n in range(1, self.max_consecutive_failures))
+
     def give_up_reason(
-        self, failures_in_a_row: int, oldest_undelivered_at: int | None, at: float
+        self, streak: FailureStreak, oldest_undelivered_at: int | None, at: float
     ) -> str | None:
-        if failures_in_a_row >= self.max_consecutive_failures:
-            return f"{failures_in_a_row} deliveries failed in a row"
+        failures = self.max_consecutive_failures
+        if streak.failures >= failures and at - streak.since >= self.failing_seconds:
+            return f"{failures} deliveries failed in a row"
         if oldest_undelivered_at is not None and at - oldest_undelivered_at >= self.retry_window_seconds:
             return f"an event stayed undelivered for more than {self.retry_window_seconds:g} s"
         return None
 
 
-def private_address_problem(host: str, port: int) -> str | None:
-    """Why a receiver may not be reached (a name resolving to a loopback, private or link-local
-    address, or not resolving at all), or None."""
+def resolve(receiver: Receiver, *, allow_private: bool) -> list[str]:
+    """The receiver's addresses, from one lookup; each is checked unless `allow_private`. The POST
+    connects to these: a second lookup could answer another address (DNS rebinding). ValueError
+    saying why the receiver may not be reached."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(receiver.host, receiver.port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        return f"cannot resolve {host}: {exc}"
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global:
-            return f"{host} resolves to {address}, a loopback, private or link-local address"
-    return None
+        raise ValueError(f"cannot resolve {receiver.host}: {exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    refused = [a for a in addresses if not is_public(ip_address(a.split("%", 1)[0]))]  # %: IPv6 zone
+    if refused and not allow_private:
+        raise ValueError(
+            f"{receiver.host} resolves to {refused[0]}, a loopback, private or link-local address"
+        )
+    return addresses
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """The time the next network operation may take; TimeoutError once the attempt used it all."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {self.seconds:g} s")
+        return left
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the attempt's deadline. httpcore's timeouts
+    are per operation: a receiver sending a byte at a time would keep the attempt going past its
+    claim, and the reaper would send the delivery again meanwhile."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self.stream = stream
+        self.deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, self.deadline.left())
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.stream.write(buffer, self.deadline.left())
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        # `server_hostname` is the URL's host: TLS sends it (SNI) and verifies the certificate for it.
+        tls = self.stream.start_tls(ssl_context, server_hostname, self.deadline.left())
+        return _DeadlineStream(tls, self.deadline)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self.stream.get_extra_info(info)
+
+
+class _PinnedBackend(httpcore.NetworkBackend):
+    """Connects to the checked `addresses` (in order, as the resolver sorted them), whatever host name
+    it is asked for."""
+
+    def __init__(self, addresses: list[str], deadline: _Deadline) -> None:
+        self.addresses = addresses
+        self.deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        *others, last = self.addresses
+        for address in others:
+            with suppress(httpcore.ConnectError):  # refused or unreachable: the next address
+                return self._connect(address, port)
+        return self._connect(last, port)
+
+    def _connect(self, address: str, port: int) -> httpcore.NetworkStream:
+        stream = httpcore.SyncBackend().connect_tcp(address, port, self.deadline.left())
+        return _DeadlineStream(stream, self.deadline)
 
 
 def post(attempt: Attempt, policy: RetryPolicy) -> tuple[int | None, str | None]:
-    """POST the signed body: (status code or None, error or None). Redirects are not followed."""
-    parts = urlsplit(attempt.url)
-    if not policy.allow_private:
-        assert parts.hostname is not None  # checked when the endpoint was created
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        problem = private_address_problem(parts.hostname, port)
-        if problem is not None:
-            return None, problem
-    headers = signed_headers(attempt.secret, attempt.event_id, int(time.time()), attempt.body)
-    headers["user-agent"] = USER_AGENT
+    """POST the signed body: (status code or None, error or None). Redirects are not followed. The
+    attempt (resolving, connecting, sending, the answer) ends within `policy.timeout_seconds`, well
+    within its claim; whatever goes wrong is an error to record and retry."""
+    deadline = _Deadline(policy.timeout_seconds)
     try:
-        with httpx.Client(timeout=policy.timeout_seconds, follow_redirects=False, trust_env=False) as client:
-            response = client.post(attempt.url, content=attempt.body, headers=headers)
-    except httpx.HTTPError as exc:
+        receiver = parse_receiver(attempt.url)
+        addresses = resolve(receiver, allow_private=policy.allow_private)
+        status_code = _send(receiver, addresses, deadline, attempt)
+    except ValueError as exc:
+        return None, str(exc)
+    except Exception as exc:  # anything a receiver does must end in a recorded attempt, never a crash
         return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"HTTP {response.status_code}"
+    if 200 <= status_code < 300:
+        return status_code, None
+    return status_code, f"HTTP {status_code}"
+
+
+def _send(receiver: Receiver, addresses: list[str], deadline: _Deadline, attempt: Attempt) -> int:
+    headers = signed_headers(attempt.secret, attempt.event_id, int(time.time()), attempt.body)
+    headers |= {"host": receiver.host_header, "user-agent": USER_AGENT}
+    url = httpcore.URL(
+        scheme=receiver.scheme.encode(),
+        host=receiver.host.encode(),
+        port=receiver.port,
+        target=receiver.target,
+    )
+    with (
+        httpcore.ConnectionPool(network_backend=_PinnedBackend(addresses, deadline)) as pool,
+        pool.stream("POST", url, headers=list(headers.items()), content=attempt.body) as response,
+    ):
+        read = 0
+        for chunk in response.iter_stream():
+            read += len(chunk)
+            if read >= MAX_ANSWER_BYTES:
+                break
+        return response.status
 
 
 def _disable(session: Session, attempt: Attempt, reason: str) -> None:
@@ -141,7 +246,7 @@ def deliver(sessions: sessionmaker[Session], delivery_id: str, policy: RetryPoli
             webhooks.record_delivered(session, attempt, status_code=status_code, at=done)
             return "delivered"
         delay = policy.delay(attempt.number)
-        failures = webhooks.record_failure(
+        streak = webhooks.record_failure(
             session,
             attempt,
             status_code=status_code,
@@ -150,7 +255,7 @@ def deliver(sessions: sessionmaker[Session], delivery_id: str, policy: RetryPoli
             at=done,
         )
         oldest = webhooks.oldest_undelivered_at(session, attempt.endpoint_id)
-        reason = policy.give_up_reason(failures, oldest, done)
+        reason = policy.give_up_reason(streak, oldest, done)
         if reason is not None:
             log.warning("disabling webhook %s: %s", attempt.endpoint_id, reason)
             _disable(session, attempt, reason)

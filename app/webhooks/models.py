@@ -25,8 +25,11 @@ class WebhookEndpoint(Base):
     status: Mapped[str] = mapped_column(String(16))  # enabled | disabled
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
     disabled_at: Mapped[int | None]
-    # Failed attempts in a row across the endpoint's deliveries; a delivered one resets it.
+    # Failed attempts in a row across the endpoint's deliveries, and when the first of them failed (unix
+    # seconds); a delivered one resets both. The worker disables an endpoint on both: a count alone
+    # is reached by a burst of events during a short outage.
     consecutive_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    failing_since: Mapped[float | None] = mapped_column(Float)
     created_by: Mapped[str] = mapped_column(ForeignKey("api_token.id"))
     created_at: Mapped[int]
 

@@ -9,14 +9,12 @@ delivery with `claim`, POSTs outside any transaction, then records the outcome; 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -27,6 +25,7 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.pagination import paginate
 from app.queue import TaskName, enqueue_after_commit
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.webhooks.receivers import is_public_host, parse_receiver
 from app.webhooks.schemas import DeliveryStatus, EndpointStatus, EventType, WebhookCreate
 from app.webhooks.signing import new_secret
 
@@ -39,36 +38,17 @@ ERROR_CHARS = 500
 # --------------------------------------------------------------------------- endpoints
 
 
-def is_private_address(host: str) -> bool:
-    """True for `localhost` and IP literals that are not globally routable (loopback, private,
-    link-local, unspecified, reserved...). DNS names are resolved and checked when delivering."""
-    name = host.strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return not address.is_global
-
-
 def check_url(url: str, *, allow_private: bool) -> str:
+    """The URL, if the worker can send to it (`app.webhooks.receivers`); 422 naming `url` otherwise."""
     try:
-        parts = urlsplit(url)
-        port = parts.port  # a port that is not a number raises
-    except ValueError:
-        port, parts = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Unprocessable(f"{url!r} is not an http(s) URL with a host", code="invalid_url", param="url")
-    if parts.username is not None or parts.password is not None or parts.fragment:
+        receiver = parse_receiver(url)
+    except ValueError as exc:
         raise Unprocessable(
-            "the URL may not carry credentials or a fragment", code="invalid_url", param="url"
-        )
-    if port == 0 or any(ch.isspace() for ch in url):
-        raise Unprocessable(f"{url!r} is not a usable URL", code="invalid_url", param="url")
-    if not allow_private and is_private_address(parts.hostname):
+            f"{url!r} is not a usable webhook URL: {exc}", code="invalid_url", param="url"
+        ) from None
+    if not allow_private and not is_public_host(receiver.host):
         raise Unprocessable(
-            f"{parts.hostname} is a loopback, private or link-local address; webhooks go to public "
+            f"{receiver.host} is a loopback, private or link-local address; webhooks go to public "
             "receivers (operators: SDFT_WEBHOOK_ALLOW_PRIVATE_URLS)",
             code="private_url",
             param="url",
@@ -108,9 +88,12 @@ def create_endpoint(
     return endpoint
 
 
-def get_endpoint(session: Session, endpoint_id: str, *, viewer: Principal | None = None) -> WebhookEndpoint:
-    """The endpoint; 404 when it does not exist or belongs to another team than `viewer`'s."""
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
+def get_endpoint(
+    session: Session, endpoint_id: str, *, viewer: Principal | None = None, lock: bool = False
+) -> WebhookEndpoint:
+    """The endpoint (`lock`: FOR UPDATE); 404 when it does not exist or belongs to another team than
+    `viewer`'s."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=lock)
     if endpoint is None or not can_see(viewer, endpoint.team):
         raise NotFound(f"no webhook {endpoint_id!r}", code="webhook_not_found", param="id")
     return endpoint
@@ -125,7 +108,11 @@ def list_endpoints(
 
 def delete_endpoint(session: Session, endpoint_id: str, *, viewer: Principal) -> str:
     """Delete the endpoint and its delivery log; a task still queued for one of them does nothing."""
-    endpoint = get_endpoint(session, endpoint_id, viewer=viewer)
+    # The row lock first: it waits for a transaction recording an event for the endpoint (it holds the
+    # row FOR KEY SHARE, see `record_event`), whose deliveries the DELETE below then sees, and holds off
+    # the next one. Without it, such a delivery committed meanwhile fails the endpoint's DELETE (or the
+    # event's INSERT) on the foreign key. SQLite serializes writers anyway and ignores the lock.
+    endpoint = get_endpoint(session, endpoint_id, viewer=viewer, lock=True)
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id))
     session.delete(endpoint)
     session.flush()
@@ -158,7 +145,13 @@ def record_event(
 ) -> WebhookEvent | None:
     """Record an event for every enabled endpoint subscribed to `type` (of `team`; None: every team's)
     and send each delivery's task after the commit. None when nobody listens (nothing is written)."""
-    stmt = select(WebhookEndpoint).where(WebhookEndpoint.status == EndpointStatus.ENABLED)
+    # FOR KEY SHARE: an endpoint read here cannot be deleted before this transaction inserts its delivery
+    # (see `delete_endpoint`); the worker's updates of the endpoint do not wait for it.
+    stmt = (
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.status == EndpointStatus.ENABLED)
+        .with_for_update(read=True, key_share=True)
+    )
     if team is not None:
         stmt = stmt.where(WebhookEndpoint.team == team)
     endpoints = [e for e in session.scalars(stmt.order_by(WebhookEndpoint.id)) if str(type) in e.events]
@@ -250,7 +243,17 @@ def claim(session: Session, delivery_id: str, *, at: float, hold_seconds: float)
     )
 
 
+# The endpoint's row is updated before the delivery's, in the order `delete_endpoint` and `record_event`
+# lock them: transactions taking the two in opposite orders would deadlock on PostgreSQL.
+
+
 def record_delivered(session: Session, attempt: Attempt, *, status_code: int, at: float) -> None:
+    session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == attempt.endpoint_id)
+        .values(consecutive_failures=0, failing_since=None)
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == attempt.delivery_id, WebhookDelivery.status != DeliveryStatus.DELIVERED)
@@ -264,12 +267,14 @@ def record_delivered(session: Session, attempt: Attempt, *, status_code: int, at
         )
         .execution_options(synchronize_session=False)
     )
-    session.execute(
-        update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == attempt.endpoint_id)
-        .values(consecutive_failures=0)
-        .execution_options(synchronize_session=False)
-    )
+
+
+@dataclass(frozen=True)
+class FailureStreak:
+    """An endpoint's failed attempts since its last delivered one, and when the first of them failed."""
+
+    failures: int
+    since: float
 
 
 def record_failure(
@@ -280,8 +285,17 @@ def record_failure(
     error: str,
     next_attempt_at: float,
     at: float,
-) -> int:
-    """Record a failed attempt and when to try again; returns the endpoint's failures in a row."""
+) -> FailureStreak:
+    """Record a failed attempt and when to try again; returns the endpoint's streak of failures."""
+    session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == attempt.endpoint_id)
+        .values(
+            consecutive_failures=WebhookEndpoint.consecutive_failures + 1,
+            failing_since=func.coalesce(WebhookEndpoint.failing_since, at),
+        )
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == attempt.delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING)
@@ -294,16 +308,14 @@ def record_failure(
         )
         .execution_options(synchronize_session=False)
     )
-    session.execute(
-        update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == attempt.endpoint_id)
-        .values(consecutive_failures=WebhookEndpoint.consecutive_failures + 1)
-        .execution_options(synchronize_session=False)
-    )
-    failures = session.scalar(
-        select(WebhookEndpoint.consecutive_failures).where(WebhookEndpoint.id == attempt.endpoint_id)
-    )
-    return int(failures or 0)
+    streak = session.execute(
+        select(WebhookEndpoint.consecutive_failures, WebhookEndpoint.failing_since).where(
+            WebhookEndpoint.id == attempt.endpoint_id
+        )
+    ).one_or_none()
+    if streak is None:  # the endpoint was deleted meanwhile
+        return FailureStreak(failures=0, since=at)
+    return FailureStreak(failures=streak.consecutive_failures, since=streak.failing_since)
 
 
 def oldest_undelivered_at(session: Session, endpoint_id: str) -> int | None:

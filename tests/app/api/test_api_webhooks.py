@@ -1,18 +1,21 @@
 """Webhooks over the API: endpoints per team (secret shown once, another team's answers 404), input
 rules, and the outbox: an event is written in the transaction of the change it describes, to the
-subscribed endpoints of the right teams, and its delivery task leaves only after the commit.
-(Delivering, signing and retrying: tests/workers/test_webhooks.py and tests/workers/jobs/.)"""
+subscribed endpoints of the right teams, and its delivery task leaves only after the commit; an
+endpoint deleted meanwhile takes its delivery with it. (Delivering, signing and retrying:
+tests/workers/webhooks/ and tests/workers/jobs/test_webhooks_e2e.py.)"""
 
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from httpx import Response
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import Scope, create_token
@@ -22,7 +25,9 @@ from app.jobs.states import JobStatus
 from app.queue import TaskName
 from app.registry import service as registry
 from app.settings import Settings
-from app.webhooks.models import WebhookDelivery, WebhookEvent
+from app.webhooks import service as webhooks
+from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
+from app.webhooks.schemas import EventType
 
 from .conftest import Tokens, demonstration_lines, drain_broker, make_suite, unique, upload
 from .test_api_files import assert_error
@@ -128,6 +133,20 @@ BAD_WEBHOOKS = [
     ({"url": "http://[::1]/x"}, "private_url", "url"),
     ({"url": "http://10.1.2.3/x"}, "private_url", "url"),
     ({"url": "http://169.254.169.254/latest/meta-data"}, "private_url", "url"),
+    # A host the worker could not resolve (an empty label) or would read as another address.
+    ({"url": "http://hooks..example.com/x"}, "invalid_url", "url"),
+    ({"url": "http://-hooks.example.com/x"}, "invalid_url", "url"),
+    ({"url": "http://ｌｏｃａｌｈｏｓｔ/x"}, "invalid_url", "url"),
+    ({"url": "http://2130706433/x"}, "invalid_url", "url"),
+    ({"url": "http://0177.0.0.1/x"}, "invalid_url", "url"),
+    ({"url": "http://127.1/x"}, "invalid_url", "url"),
+    ({"url": "http://0x7f.1/x"}, "invalid_url", "url"),
+    ({"url": "http://0/x"}, "invalid_url", "url"),
+    # IPv6 addresses reaching a private IPv4 one: NAT64, 6to4, IPv4-compatible, IPv4-mapped.
+    ({"url": "http://[64:ff9b::a9fe:a9fe]/x"}, "private_url", "url"),
+    ({"url": "http://[2002:a9fe:a9fe::1]/x"}, "private_url", "url"),
+    ({"url": "http://[::127.0.0.1]/x"}, "private_url", "url"),
+    ({"url": "http://[::ffff:127.0.0.1]/x"}, "private_url", "url"),
     ({"events": []}, "invalid_request", "events"),
     ({"events": ["job.created"]}, "invalid_request", "events[0]"),
     ({"description": "x" * 501}, "invalid_request", "description"),
@@ -148,6 +167,22 @@ def test_bad_webhooks_are_422_and_write_nothing(
     body = {"url": PUBLIC_URL, "events": ["job.status_changed"], **change}
     assert_error(client.post("/v1/webhooks", json=body, headers=teams[0]), 422, code, param)
     assert counts() == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bücher.example/x?a=ü",
+        "https://hooks.example.com./x",
+        "http://8.8.8.8:8080/x",
+        "http://[2606:4700:4700::1111]/x",
+        "http://[64:ff9b::808:808]/x",  # NAT64 of a public address
+    ],
+)
+def test_public_urls_in_other_forms_are_accepted(
+    client: TestClient, teams: tuple[dict[str, str], dict[str, str]], cleanup: list[str], url: str
+) -> None:
+    assert create_webhook(client, teams[0], cleanup, ["alias.moved"], url=url)["url"] == url
 
 
 def _job_body(client: TestClient, headers: dict[str, str], base_id: str) -> dict[str, Any]:
@@ -294,3 +329,39 @@ def test_subscriptions_filter_events_and_pages_work(
         headers=mine,
     ).json()
     assert not rest["has_more"] and [d["id"] for d in rest["data"]] == [all_three[2]["id"]]
+
+
+@pytest.mark.parametrize("arrives", ["before", "after"])
+def test_an_endpoint_deleted_while_an_event_is_recorded_for_it_goes_with_its_delivery(
+    client: TestClient, db: sessionmaker[Session], arrives: str
+) -> None:
+    """DELETE /v1/webhooks/{id} arriving while a status move records an event for the endpoint, before
+    or after the move inserts the endpoint's delivery: the DELETE waits for the move's commit, then
+    deletes that delivery too. (On PostgreSQL the foreign key failed either the move or the DELETE.)"""
+    team = unique("team-race")
+    headers = team_token(db, team, [Scope.JOBS_WRITE])
+    body = {"url": PUBLIC_URL, "events": ["job.status_changed"]}
+    endpoint_id = client.post("/v1/webhooks", json=body, headers=headers).json()["id"]
+    answers: list[Response] = []
+    deleting = threading.Thread(
+        target=lambda: answers.append(client.delete(f"/v1/webhooks/{endpoint_id}", headers=headers))
+    )
+
+    def delete_meanwhile(*_: object) -> None:
+        deleting.start()
+        deleting.join(timeout=1.0)  # it waits for this transaction (SQLite: for the database)
+
+    with session_scope(db) as session:  # the status move's transaction
+        if arrives == "before":  # after record_event read the endpoints, before it writes
+            event.listen(session, "before_flush", delete_meanwhile, once=True)
+        data = {"job_id": "job_race", "from": "running", "to": "cancelled"}
+        assert webhooks.record_event(session, type=EventType.JOB_STATUS_CHANGED, data=data, team=team)
+        if arrives == "after":
+            delete_meanwhile()
+    deleting.join(timeout=30)
+    [answer] = answers
+    assert answer.status_code == 200, answer.text
+    with db() as session:
+        assert session.get(WebhookEndpoint, endpoint_id) is None
+        left = session.scalars(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id))
+        assert left.all() == []
