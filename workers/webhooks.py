@@ -103,7 +103,8 @@ def resolve(receiver: Receiver, *, allow_private: bool) -> list[str]:
     refused = [a for a in addresses if not is_public(ip_address(a.split("%", 1)[0]))]  # %: IPv6 zone
     if refused and not allow_private:
         raise ValueError(
-            f"{receiver.host} resolves to {refused[0]}, a loopback, private or link-local address"
+            # The address itself is left out: the log is the tenant's, the network is not.
+            f"{receiver.host} resolves to a loopback, private or link-local address"
         )
     return addresses
 
