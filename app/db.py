@@ -108,21 +108,26 @@ def read_only_sessions(engine: Engine) -> sessionmaker[Session]:
 AFTER_COMMIT_ERROR_KEY = "after_commit_error"
 
 
+def commit(session: Session) -> None:
+    """Commit, then raise what an `after_commit` hook left (the rows are saved whatever it is)."""
+    session.commit()
+    error = session.info.pop(AFTER_COMMIT_ERROR_KEY, None)
+    if error is not None:
+        raise error
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """Commit on success, roll back on any error. Workers and the CLI use this; the API uses get_session."""
     session = factory()
     try:
         yield session
-        session.commit()
+        commit(session)
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
-    error = session.info.pop(AFTER_COMMIT_ERROR_KEY, None)
-    if error is not None:
-        raise error
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from app.contracts.text import NOT_A_NUMBER_REASON, find_unstorable
@@ -56,16 +57,20 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # JSON bodies are small (a job with 16 stages is a few kilobytes).
 MAX_JSON_BODY_BYTES = 1024 * 1024
 UPLOAD_PATH = "/v1/files"
-# The dashboard's upload form (app.ui) posts the same files.
-UPLOAD_PATHS = frozenset({UPLOAD_PATH, "/ui/files"})
+# The dashboard's upload form (app.ui) posts the same files. Refused, it is sent back to the form, which
+# names the field and the limit: a browser would show the API's JSON error as raw text.
+UI_UPLOAD_PATH = "/ui/files"
+UPLOAD_PATHS = frozenset({UPLOAD_PATH, UI_UPLOAD_PATH})
+FILE_TOO_LARGE = "file_too_large"
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request body over the limit is a 413 in the error shape. A declared
-    Content-Length over the limit is refused before the body is read (an oversized upload is never
-    spooled to disk); a body sent without one (chunked) is counted as it arrives, and the moment it
-    passes the limit the application is told the client went away and its response is replaced by
-    the 413, so nothing past the limit is read or written."""
+    """ASGI middleware: a request body over the limit is a 413 in the error shape (from the dashboard's
+    upload form, a redirect back to the form, which says why). A declared Content-Length over the
+    limit is refused before the body is read (an oversized upload is never spooled to disk); a body
+    sent without one (chunked) is counted as it arrives, and the moment it passes the limit the
+    application is told the client went away and its response is replaced by the refusal, so
+    nothing past the limit is read or written."""
 
     def __init__(self, app: Any, *, max_upload_bytes: int) -> None:
         self.app = app
@@ -79,12 +84,15 @@ class BodySizeLimit:
         limit = self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES if is_upload else MAX_JSON_BODY_BYTES
         error = PayloadTooLarge(
             f"the request body is larger than the {limit}-byte limit",
-            code="file_too_large" if is_upload else "body_too_large",
+            code=FILE_TOO_LARGE if is_upload else "body_too_large",
             param="file" if is_upload else None,
         )
+        refusal: Response = error_response(error)
+        if scope["path"] == UI_UPLOAD_PATH:
+            refusal = RedirectResponse(f"{UI_UPLOAD_PATH}?error={FILE_TOO_LARGE}", status_code=303)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await error_response(error)(scope, receive, send)
+            await refusal(scope, receive, send)
             return
         received = 0
         too_large = False
@@ -107,7 +115,7 @@ class BodySizeLimit:
             if too_large:
                 if not responded:
                     responded = True
-                    await error_response(error)(scope, receive, send)
+                    await refusal(scope, receive, send)
                 return  # the application's own answer to a cut-off body is dropped
             responded = True
             await send(message)
@@ -118,4 +126,4 @@ class BodySizeLimit:
             if not too_large:
                 raise
         if too_large and not responded:
-            await error_response(error)(scope, receive, send)
+            await refusal(scope, receive, send)

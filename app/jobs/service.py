@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -445,6 +446,36 @@ def events_after(session: Session, job_id: str, after_seq: int, limit: int) -> S
         .order_by(JobEvent.seq)
         .limit(limit)
     ).all()
+
+
+@dataclass(frozen=True)
+class JobLog:
+    """What a job page shows of its log, all up to `last_event_id` (where the page's stream starts)."""
+
+    newest: list[JobEvent]  # the newest events other than metrics, oldest first
+    count: int  # how many events other than metrics there are in all
+    of_types: list[JobEvent]  # every event of the types asked for, oldest first
+    last_event_id: str
+
+
+def job_log(session: Session, job_id: str, *, newest: int, types: Collection[str]) -> JobLog:
+    """A job's log for its page: metrics are charted from `metrics_rows`, not listed."""
+    last = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc()).limit(1)
+    ).first()
+    if last is None:
+        return JobLog([], 0, [], "")
+    # Up to the last event read first: one appended meanwhile comes by the stream, not twice.
+    listed = (JobEvent.job_id == job_id, JobEvent.seq <= last.seq, JobEvent.type != "metrics")
+    shown = session.scalars(select(JobEvent).where(*listed).order_by(JobEvent.seq.desc()).limit(newest)).all()
+    return JobLog(
+        newest=list(reversed(shown)),
+        count=session.scalar(select(func.count()).select_from(JobEvent).where(*listed)) or 0,
+        of_types=list(
+            session.scalars(select(JobEvent).where(*listed, JobEvent.type.in_(types)).order_by(JobEvent.seq))
+        ),
+        last_event_id=last.id,
+    )
 
 
 def metrics_rows(session: Session, job_id: str) -> list[dict[str, Any]]:

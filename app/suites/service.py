@@ -22,6 +22,9 @@ from app.storage import Store
 from app.suites.models import Suite
 from app.suites.schemas import SuiteCreate
 
+# Scores and lineages are shared across teams, suites are not: another team's suite is shown unnamed.
+ANOTHER_TEAMS_SUITE = "another team's suite"
+
 
 def suite_meta(body: SuiteCreate) -> SuiteMeta:
     """The body's settings as SuiteMeta; every problem is a 422 naming the first offending field."""

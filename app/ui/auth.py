@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from app.auth.service import Principal, Scope, authenticate
-from app.db import SessionDep
+from app.db import ReadSessionDep
 from app.errors import Forbidden, ServiceUnavailable
 from app.ui.pages import SignInRequired, Viewer
 from app.ui.session import CSRF_FIELD, SESSION_COOKIE, BrowserSession, SessionCodec
@@ -29,13 +29,16 @@ def browser_session(request: Request) -> BrowserSession | None:
     return session_codec(request).open(request.cookies.get(SESSION_COOKIE))
 
 
-def page_principal(request: Request, session: SessionDep) -> Principal:
+def page_principal(request: Request, session: ReadSessionDep) -> Principal:
     browser = browser_session(request)
     if browser is None:
         raise SignInRequired("expired" if request.cookies.get(SESSION_COOKIE) else None)
     if browser.token is None:
         raise SignInRequired()
+    # On a read session, given back at once, as the API authenticates (app.auth.dependencies): a POST
+    # takes SQLite's write lock only when its handler first writes, not for the whole request.
     principal = authenticate(session, browser.token)
+    session.close()
     if principal is None:
         raise SignInRequired("revoked")
     request.state.viewer = Viewer(principal, session_codec(request).csrf_token(browser))

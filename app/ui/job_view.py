@@ -1,11 +1,11 @@
-"""What a job page shows beyond the job row, read from its events: the step metrics per stage, and
-each stage's readiness-probe verdict and method choice."""
+"""What a job page shows beyond the job row: the step metrics per stage, and each stage's
+readiness-probe verdict and method choice (read from its events)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.ui.charts import Chart, metric_chart
@@ -32,41 +32,41 @@ class StageNotes:
     choice: dict[str, Any] | None = None
 
 
-@dataclass
-class JobTimeline:
-    notes: dict[int, StageNotes] = field(default_factory=dict)
-    # metric -> stage label -> [(step, value)]
-    series: dict[str, dict[str, list[tuple[float, float]]]] = field(default_factory=dict)
-
-    def charts(self) -> list[Chart]:
-        return [
-            metric_chart(metric, title, list(self.series.get(metric, {}).items()))
-            for metric, title in CHARTED_METRICS
-        ]
-
-
 def stage_label(index: int, skill: str | None) -> str:
     return f"stage {index + 1}" + (f" ({skill})" if skill else "")
 
 
-def read_timeline(events: Iterable[EventLike]) -> JobTimeline:
+# The events stage_notes reads: every one of them, however long the log.
+NOTE_EVENT_TYPES = ("gate", "probe", "method")
+
+
+def stage_notes(events: Iterable[EventLike]) -> dict[int, StageNotes]:
     """Events oldest first. Probe and method events name no stage: they belong to the stage in progress,
     and stages run in order, each closed by exactly one gate event."""
-    timeline = JobTimeline()
+    notes: dict[int, StageNotes] = {}
     stage = 0
     for event in events:
-        data = event.data or {}
         if event.type == "gate":
             stage += 1
         elif event.type == "probe":
-            timeline.notes.setdefault(stage, StageNotes()).probe = data
+            notes.setdefault(stage, StageNotes()).probe = event.data or {}
         elif event.type == "method":
-            timeline.notes.setdefault(stage, StageNotes()).choice = data
-        elif event.type == "metrics" and isinstance(data.get("step"), int):
-            label = stage_label(int(data.get("stage", stage)), data.get("skill"))
-            for metric, _title in CHARTED_METRICS:
-                value = data.get(metric)
-                if isinstance(value, int | float) and math.isfinite(value):
-                    by_stage = timeline.series.setdefault(metric, {})
-                    by_stage.setdefault(label, []).append((data["step"], float(value)))
-    return timeline
+            notes.setdefault(stage, StageNotes()).choice = event.data or {}
+    return notes
+
+
+def metric_charts(rows: Iterable[dict[str, Any]]) -> list[Chart]:
+    """One chart per charted metric, a line per stage, from the job's metrics rows as the API serves
+    them (app.jobs.service.metrics_rows: one row per (stage, step), a step redone after a resume keeps
+    its last values, in order), so a resumed stage's line never runs back."""
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for row in rows:
+        stage = row.get("stage")
+        label = stage_label(stage if isinstance(stage, int) else 0, row.get("skill"))
+        for metric, _title in CHARTED_METRICS:
+            value = row.get(metric)
+            if isinstance(value, int | float) and math.isfinite(value):
+                series.setdefault(metric, {}).setdefault(label, []).append((row["step"], float(value)))
+    return [
+        metric_chart(metric, title, list(series.get(metric, {}).items())) for metric, title in CHARTED_METRICS
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ NOTICES = {
     "revoked": "Your token is no longer valid (revoked?): sign in again.",
     "expired": "Your session expired: sign in again.",
     "promoted": "The alias was moved.",
+    "unchanged": "Nothing changed: the alias already pointed at that version.",
     "rolled-back": "The alias was rolled back.",
     "token-revoked": "The token was revoked.",
     "cancelled": "The job was cancelled.",
@@ -142,13 +143,24 @@ def error_page(request: Request, error: AppError) -> HTMLResponse:
     return response
 
 
-def validation_error(exc: RequestValidationError) -> Unprocessable:
-    """A form field that does not fit, worded as the API words it."""
+def field_problems(errors: Sequence[Any]) -> str:
+    """Pydantic's errors as a form shows them: each prefixed by the field it is about, as the API
+    names it (`stages[0].training_file: ...`)."""
     messages = []
-    for err in list(exc.errors())[:5]:
+    for err in list(errors)[:5]:
         where = loc_to_param(err.get("loc", ()))
         messages.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    return Unprocessable("; ".join(messages) or "invalid form", code="invalid_request")
+    return "; ".join(messages) or "invalid form"
+
+
+def field_error(error: AppError) -> str:
+    """A service's error as a form shows it: prefixed by the field it is about, when it names one."""
+    return f"{error.param}: {error.message}" if error.param else error.message
+
+
+def validation_error(exc: RequestValidationError) -> Unprocessable:
+    """A form field that does not fit, worded as the API words it."""
+    return Unprocessable(field_problems(exc.errors()), code="invalid_request")
 
 
 def sign_in_redirect(request: Request, reason: SignInRequired) -> RedirectResponse:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import AsyncContentStream, Content
 
 from app.auth.service import authenticate
 from app.jobs import service as jobs
@@ -47,6 +48,10 @@ def _sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
+# The last message of a stream whose token was revoked: the page reloads, to the sign-in page.
+SIGNED_OUT = _sse("signed-out", {})
+
+
 async def progress_events(
     request: Request,
     job_ids: Sequence[str],
@@ -72,7 +77,7 @@ async def progress_events(
     while True:
         current = await run_in_threadpool(fetch)
         if current is None:
-            yield _sse("signed-out", {})
+            yield SIGNED_OUT
             return
         for progress in current:
             if sent.get(progress.id) != progress:
@@ -88,3 +93,26 @@ async def progress_events(
             yield ": keep-alive\n\n"
             last_write = time.monotonic()
         await asyncio.sleep(poll)
+
+
+async def while_signed_in(
+    request: Request, token: str, stream: AsyncContentStream, *, poll: float
+) -> AsyncIterator[Content]:
+    """`stream` (the API's job event stream) for as long as `token` is valid: authenticated again
+    before a message is passed on once `poll` seconds have gone by since the last check, so after a
+    revocation nothing more is sent and the stream ends with `signed-out`, as progress_events does.
+    An idle stream notices at its next keep-alive."""
+    sessionmaker = request.app.state.read_sessionmaker
+
+    def signed_in() -> bool:
+        with sessionmaker() as session:
+            return authenticate(session, token) is not None
+
+    checked = time.monotonic()  # the route authenticated the request
+    async for message in stream:
+        if time.monotonic() - checked >= poll:
+            if not await run_in_threadpool(signed_in):
+                yield SIGNED_OUT
+                return
+            checked = time.monotonic()
+        yield message

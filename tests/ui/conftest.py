@@ -23,6 +23,7 @@ from tests.app.api.conftest import (  # noqa: F401  (fixtures, shared with the A
     counts,
     db,
     job_body,
+    live_server,
     model_dir,
     promoter,
     reader,

@@ -1,9 +1,10 @@
 """The dashboard in a real browser: Debian's chromium driven by Selenium against a live service (the API
 under uvicorn and a real Celery worker training the tiny model: tests/workers/jobs/conftest.py).
 
-One flow, as an operator would click it: sign in, upload (a bad file, then good ones), create suites,
-submit a job, watch its progress bar move, read the gate table, promote, lose a compare-and-set race,
-roll back, create a read-only token, sign out; then the read-only token sees no write controls, its
+One flow, as an operator would click it: sign in, upload (a bad file, one over the size limit, then
+good ones), create suites, submit a job, watch its progress bar move, read the gate table, promote
+(twice: the second changes nothing), lose a compare-and-set race, roll back, create a read-only
+token, sign out; then the read-only token sees no write controls, its
 forged POST is refused, and revoking it signs it out. Every page is photographed: into a temporary
 folder, or into docs/dashboard/ with `SDFT_SCREENSHOTS_DIR=docs/dashboard` (a plain test run must not
 rewrite files of the checkout)."""
@@ -54,12 +55,15 @@ GENERAL = "".join(
     for i in range(4)
 )
 WIDTH = 1280
+# Small, so that a file over it is quick to send; every other file of the flow is far under it.
+UPLOAD_LIMIT = 64 * 1024
 
 
 @pytest.fixture()
 def live(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Service]:
     service = make_service(tmp_path / "service", tiny_model_dir, "sqlite")
     service.env["SDFT_SSE_POLL_SECONDS"] = "0.2"  # the progress bar moves in smaller jumps
+    service.env["SDFT_MAX_UPLOAD_BYTES"] = str(UPLOAD_LIMIT)
     service.start_api()
     service.start_worker()  # it imports torch while the browser signs in and uploads
     try:
@@ -191,6 +195,12 @@ def test_an_operator_runs_a_job_from_the_dashboard(live: Service, browser: WebDr
     problems = css(driver, "#upload-error").text
     assert "Not stored" in problems and "7" in problems and "8" in problems and "9" in problems
     shoot(driver, "upload-errors")
+    # A file the server refuses before reading it (its Content-Length is over the limit) comes back to
+    # the form, which names the field and the limit, not as the API's JSON error.
+    upload(driver, tmp_path, "huge.jsonl", DEMOS * (16 * UPLOAD_LIMIT // len(DEMOS)), "demonstrations")
+    too_large = css(driver, "#upload-error").text
+    assert f"file: the file is larger than the {UPLOAD_LIMIT}-byte limit" in too_large, too_large
+    shoot(driver, "upload-too-large")
     upload(driver, tmp_path, "demos.jsonl", DEMOS, "demonstrations")
     demos_id = css(driver, "#file-id").text
     shoot(driver, "file")
@@ -263,6 +273,9 @@ def test_an_operator_runs_a_job_from_the_dashboard(live: Service, browser: WebDr
     assert "The alias was moved." in css(driver, ".notice").text
     with live.client() as client:
         assert client.get("/v1/aliases/production").json()["version"] == candidate
+    driver.get(f"{url}/ui/promote?alias=production&version={candidate}")
+    submit_form(driver, "#confirm")
+    assert "Nothing changed: the alias already pointed at that version." in css(driver, ".notice").text
 
     # Someone moves `staging` between the confirmation page and the click: nothing changes.
     driver.get(f"{url}/ui/promote?alias=staging&version={candidate}")

@@ -1,17 +1,15 @@
-"""Pure layout for the pages: the lineage graph, heatmap colours, metric charts, a job's timeline."""
+"""Pure layout for the pages: the lineage graph, heatmap colours, metric charts, a job's stage notes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
 from app.evaluation.results import SuiteScore
 from app.registry.forgetting.matrix import VersionScores, forgetting_matrix
 from app.ui.charts import HEIGHT, LEFT, MAX_POINTS, TOP, WIDTH, metric_chart, thin
 from app.ui.heatmap import UNSCORED, heat_colour, heatmap, ink_colour
-from app.ui.job_view import read_timeline
+from app.ui.job_view import metric_charts, stage_notes
 from app.ui.lineage_graph import COLUMN_PITCH, NODE_H, NODE_W, PAD, ROW_PITCH, GraphNode, layout_lineage
 
 # --------------------------------------------------------------------------- lineage graph
@@ -161,37 +159,38 @@ class Event:
     data: dict[str, Any] | None
 
 
-def metrics(stage: int, step: int, loss: float, **more: Any) -> Event:
-    return Event("metrics", {"stage": stage, "skill": f"skill{stage}", "step": step, "loss": loss, **more})
-
-
 def test_probe_and_method_events_belong_to_the_stage_in_progress() -> None:
     probe_1, choice_2 = {"ready": False, "message": "m1"}, {"method": "sdft", "reason": "r2"}
-    timeline = read_timeline(
+    notes = stage_notes(
         [
             Event("status", {"to": "running"}),
             Event("probe", probe_1),
             Event("method", {"method": "sft_retain", "reason": "r1"}),
-            metrics(0, 1, 2.0, probe_divergence=None, probe_score=0.25, rollout_tokens_mean=7),
-            metrics(0, 2, 1.5, probe_divergence=float("nan")),
             Event("gate", {"accepted": True}),
             Event("method", choice_2),
-            metrics(1, 1, 0.5),
         ]
     )
-    assert timeline.notes[0].probe == probe_1 and timeline.notes[0].choice is not None
-    assert timeline.notes[1].probe is None and timeline.notes[1].choice == choice_2
-    assert timeline.series["loss"] == {
-        "stage 1 (skill0)": [(1, 2.0), (2, 1.5)],
-        "stage 2 (skill1)": [(1, 0.5)],
+    assert notes[0].probe == probe_1 and notes[0].choice is not None
+    assert notes[1].probe is None and notes[1].choice == choice_2
+
+
+def row(stage: int, step: int, loss: float, **more: Any) -> dict[str, Any]:
+    return {"stage": stage, "skill": f"skill{stage}", "step": step, "loss": loss, **more}
+
+
+def test_metric_rows_chart_one_line_per_stage_without_missing_or_non_finite_values() -> None:
+    charts = {
+        chart.metric: chart
+        for chart in metric_charts(
+            [
+                row(0, 1, 2.0, probe_divergence=None, probe_score=0.25, rollout_tokens_mean=7),
+                row(0, 2, 1.5, probe_divergence=float("nan")),
+                row(1, 1, 0.5),
+            ]
+        )
     }
-    assert timeline.series["probe_score"] == {"stage 1 (skill0)": [(1, 0.25)]}
-    assert "probe_divergence" not in timeline.series, "None and NaN are not drawn"
-    charts = {chart.metric: chart for chart in timeline.charts()}
     assert list(charts) == ["loss", "probe_divergence", "probe_score", "rollout_tokens_mean"]
-    assert len(charts["loss"].lines) == 2 and charts["probe_divergence"].lines == ()
-
-
-@pytest.mark.parametrize("data", [None, {}, {"step": "3"}])
-def test_malformed_metric_events_are_skipped(data: dict[str, Any] | None) -> None:
-    assert read_timeline([Event("metrics", data)]).series == {}
+    assert [line.label for line in charts["loss"].lines] == ["stage 1 (skill0)", "stage 2 (skill1)"]
+    assert [line.label for line in charts["probe_score"].lines] == ["stage 1 (skill0)"]
+    assert charts["probe_divergence"].lines == (), "None and NaN are not drawn"
+    assert charts["loss"].latest == "0.5"

@@ -4,21 +4,26 @@ CSRF on every POST, scopes as the API checks them, revoked tokens, teams, and wh
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.service import create_token
-from app.db import session_scope
+from app.db import READ_ONLY_OPTION, session_scope
 from app.evaluation.gate import GateOptions, SuiteComparison, evaluate_gate
+from app.inputs import MULTIPART_OVERHEAD_BYTES
 from app.jobs import service as jobs
 from app.jobs.states import JobStatus
 from app.registry import service as registry
+from app.settings import Settings
 from app.ui.session import SESSION_COOKIE
-from tests.app.api.conftest import Tokens, demonstration_lines, unique
+from tests.app.api.conftest import Tokens, demonstration_lines, make_suite, unique
 from tests.ui.conftest import Dashboard, csrf_of
 
 Browser = Callable[[str], Dashboard]
@@ -384,7 +389,7 @@ def test_forcing_a_rejected_version_needs_a_reason(
     assert browser.post("/ui/promote", onward).status_code == 303
     back = browser.get(f"/ui/aliases/{alias}/rollback").text
     assert 'name="force" value="true"' in back and "Force roll back" in back
-    rollback = {"expected_version": base_model["id"], "force": "true"}
+    rollback = {"expected_version": base_model["id"], "expected_target": version.id, "force": "true"}
     assert_error_page(browser.post(f"/ui/aliases/{alias}/rollback", rollback), 422, "reason_required")
     assert browser.post(f"/ui/aliases/{alias}/rollback", {**rollback, "reason": "again"}).status_code == 303
     entry = client.get(f"/v1/aliases/{alias}/history", headers=writer).json()["data"][0]
@@ -429,3 +434,198 @@ def test_the_job_list_filters_by_status_and_skill(
     assert job_id in browser.get("/ui/jobs", skill=skill, status="validating").text
     assert job_id not in browser.get("/ui/jobs", skill=skill, status="running").text
     assert job_id not in browser.get("/ui/jobs", skill=unique("other")).text
+
+
+def _accepted_versions(db: sessionmaker[Session], job_id: str, base: dict[str, Any], count: int) -> list[str]:
+    """Accepted children of `base`, as a worker's gate would leave them."""
+    with session_scope(db) as session:
+        return [
+            registry.register_version(
+                session,
+                parent_id=base["id"],
+                job_id=job_id,
+                skill=unique("skill"),
+                checkpoint_uri="file:///nowhere",
+                checkpoint_sha256=secrets.token_hex(32),
+                status=registry.VersionStatus.ACCEPTED,
+            ).id
+            for _ in range(count)
+        ]
+
+
+def test_a_rollback_goes_only_where_its_confirmation_page_said(
+    dashboard: Browser,
+    tokens: Tokens,
+    client: TestClient,
+    writer: dict[str, str],
+    promoter: dict[str, str],
+    db: sessionmaker[Session],
+    job_body: dict[str, Any],
+    base_model: dict[str, Any],
+) -> None:
+    job_id = client.post("/v1/jobs", json=job_body, headers=writer).json()["id"]
+    a, b, c = _accepted_versions(db, job_id, base_model, 3)
+    alias = unique("aba")
+
+    def promote(version: str) -> None:
+        moved = client.put(f"/v1/aliases/{alias}", json={"version": version}, headers=promoter)
+        assert moved.status_code == 200, moved.text
+
+    promote(a)
+    promote(b)
+    browser = dashboard(tokens.promoter)
+    page = browser.get(f"/ui/aliases/{alias}/rollback").text
+    assert f'name="expected_version" value="{b}"' in page and f'name="expected_target" value="{a}"' in page
+    # Back on the version the page showed, but a rollback from there now goes to C.
+    promote(c)
+    promote(b)
+    form = {"expected_version": b, "expected_target": a, "reason": "back to A, as shown"}
+    stale = browser.post(f"/ui/aliases/{alias}/rollback", form)
+    assert stale.status_code == 409 and "Someone moved" in stale.text, stale.text
+    history = client.get(f"/v1/aliases/{alias}/history", headers=promoter).json()["data"]
+    assert [entry["to_version"] for entry in history] == [b, c, b, a], "the stale click moved nothing"
+    again = browser.get(f"/ui/aliases/{alias}/rollback").text
+    assert f'name="expected_target" value="{c}"' in again
+    done = browser.post(f"/ui/aliases/{alias}/rollback", {"expected_version": b, "expected_target": c})
+    assert done.status_code == 303 and done.headers["location"] == f"/ui/aliases/{alias}?notice=rolled-back"
+    assert client.get(f"/v1/aliases/{alias}", headers=promoter).json()["version"] == c
+
+
+def test_promoting_the_version_an_alias_holds_says_nothing_changed(
+    dashboard: Browser,
+    tokens: Tokens,
+    client: TestClient,
+    promoter: dict[str, str],
+    base_model: dict[str, Any],
+) -> None:
+    alias = unique("same")
+    assert client.put(f"/v1/aliases/{alias}", json={"version": base_model["id"]}, headers=promoter).is_success
+    browser = dashboard(tokens.promoter)
+    form = {"alias": alias, "version": base_model["id"], "expected_version": base_model["id"]}
+    same = browser.post("/ui/promote", form)
+    assert same.status_code == 303 and same.headers["location"] == f"/ui/aliases/{alias}?notice=unchanged"
+    page = browser.get(same.headers["location"]).text
+    assert "Nothing changed: the alias already pointed at that version." in page
+    assert "The alias was moved." not in page
+    assert len(client.get(f"/v1/aliases/{alias}/history", headers=promoter).json()["data"]) == 1
+
+
+def test_suite_and_upload_form_errors_name_the_field(
+    dashboard: Browser, tokens: Tokens, training_file: str
+) -> None:
+    browser = dashboard(tokens.writer)
+    wrong_kind = browser.post("/ui/suites", {"name": unique("s"), "file": training_file})
+    assert wrong_kind.status_code == 422
+    assert f"file: {training_file} was uploaded as demonstrations" in wrong_kind.text
+    unknown_model = browser.post(
+        "/ui/files",
+        {"purpose": "regression_suite", "model": "mv_nope"},
+        files={"file": ("suite.jsonl", b'{"prompt": "1+1", "reference": "2"}\n', "application/jsonl")},
+    )
+    assert unknown_model.status_code == 404 and "model: no model version" in unknown_model.text
+
+
+def test_an_upload_over_the_limit_comes_back_to_the_form_naming_the_field_and_the_limit(
+    dashboard: Browser, tokens: Tokens, backend: Settings, counts: Callable[[], dict[str, int]]
+) -> None:
+    browser = dashboard(tokens.writer)
+    limit = backend.max_upload_bytes
+    message = f"file: the file is larger than the {limit}-byte limit"
+    before = counts()
+    # Read by the view: over the file limit, within the body limit (which allows for the multipart framing).
+    over = browser.post(
+        "/ui/files", {"purpose": "demonstrations"}, files={"file": ("big.jsonl", b"x" * (limit + 10))}
+    )
+    assert over.status_code == 413 and 'id="upload-error"' in over.text and message in over.text
+    # Refused by BodySizeLimit before any of it is read: back to the form, which says the same.
+    far_over = browser.post(
+        "/ui/files",
+        {"purpose": "demonstrations"},
+        files={"file": ("huge.jsonl", b"x" * (limit + MULTIPART_OVERHEAD_BYTES + 10))},
+    )
+    assert far_over.status_code == 303 and far_over.headers["location"] == "/ui/files?error=file_too_large"
+    form = browser.get(far_over.headers["location"])
+    assert form.status_code == 200 and 'id="upload-error"' in form.text and message in form.text
+    assert counts() == before
+
+
+def test_nul_in_a_path_query_or_form_field_is_a_400_page_naming_it(
+    dashboard: Browser, tokens: Tokens, base_model: dict[str, Any], counts: Callable[[], dict[str, int]]
+) -> None:
+    browser = dashboard(tokens.admin)
+    suite_file = {"file": ("suite.jsonl", b'{"prompt": "1+1", "reference": "2"}\n', "application/jsonl")}
+    before = counts()
+    for where, response in (
+        ("job_id", browser.get("/ui/jobs/%00")),
+        ("version_id", browser.get("/ui/models/mv%00x")),
+        ("after", browser.get("/ui/suites", after="x\x00")),
+        ("version", browser.post("/ui/promote", {"alias": unique("nul"), "version": "\x00"})),
+        (
+            "model",
+            browser.post("/ui/files", {"purpose": "regression_suite", "model": "\x00"}, files=suite_file),
+        ),
+        ("name", browser.post("/ui/suites", {"name": "a\x00b", "file": "file_x"})),
+    ):
+        assert_error_page(response, 400, "invalid_characters")
+        assert f'field <span class="mono">{where}</span>' in response.text, where
+    assert counts() == before
+
+
+def test_the_heatmap_does_not_name_another_teams_suite(
+    dashboard: Browser,
+    tokens: Tokens,
+    client: TestClient,
+    writer: dict[str, str],
+    rival: dict[str, str],
+    db: sessionmaker[Session],
+    job_body: dict[str, Any],
+    base_model: dict[str, Any],
+) -> None:
+    theirs = make_suite(client, rival)
+    job_id = client.post("/v1/jobs", json=job_body, headers=writer).json()["id"]
+    (version_id,) = _accepted_versions(db, job_id, base_model, 1)
+    with session_scope(db) as session:
+        registry.record_score(
+            session,
+            model_version_id=version_id,
+            suite_sha256=theirs["sha256"],
+            decoding_hash="d" * 64,
+            score=55.0,
+            n=3,
+            per_item=[],
+            ci_low=50.0,
+            ci_high=60.0,
+            suite_id=theirs["id"],
+        )
+    page = dashboard(tokens.reader).get(f"/ui/models/{version_id}").text
+    assert theirs["name"] not in page
+    heat = page[page.index('id="heatmap"') : page.index("</table>", page.index('id="heatmap"'))]
+    assert "<th>another team&#39;s suite 1</th>" in heat
+    assert 'title="another team&#39;s suite 1 on ' in heat and "55.0 points" in heat
+    assert theirs["name"] in dashboard(tokens.admin).get(f"/ui/models/{version_id}").text, "admins see all"
+
+
+def test_an_upload_checks_its_file_before_it_takes_the_write_lock(
+    dashboard: Browser, tokens: Tokens, app: FastAPI, base_model: dict[str, Any]
+) -> None:
+    """The pre-flight (seconds for a large file) runs on read-only connections, as the API's does; only
+    storing the checked file writes (on SQLite a write transaction blocks every other writer)."""
+    browser = dashboard(tokens.writer)
+    csrf = csrf_of(browser.get("/ui/files").text)
+    writes: list[str] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not conn.get_execution_options().get(READ_ONLY_OPTION):
+            writes.append(" ".join(statement.split()[:3]))
+
+    event.listen(app.state.engine, "before_cursor_execute", record)
+    try:
+        stored = browser.http.post(
+            "/ui/files",
+            data={"csrf_token": csrf, "purpose": "demonstrations", "model": base_model["id"]},
+            files={"file": ("demos.jsonl", demonstration_lines(3).encode(), "application/jsonl")},
+        )
+    finally:
+        event.remove(app.state.engine, "before_cursor_execute", record)
+    assert stored.status_code == 303, stored.text
+    assert [w for w in writes if not w.startswith("BEGIN")] == ["INSERT INTO uploaded_file"], writes

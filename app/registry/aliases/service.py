@@ -204,16 +204,28 @@ def rollback(
     name: str,
     actor: str,
     expected_version: str | Unset | None = UNSET,
+    expected_target: str | Unset = UNSET,
     reason: str | None = None,
     force: bool = False,
 ) -> AliasHistory:
     """Move the alias back to the version it held before the current one (see rollback_target). That
-    version may since have been rejected, or was itself forced there: the same rule as `move` holds."""
+    version may since have been rejected, or was itself forced there: the same rule as `move` holds.
+
+    expected_target: the version the caller was shown as the rollback target; the history may have
+    changed while the alias came back to `expected_version` (promote C, then B again), so a mismatch
+    is a 409 too."""
     alias = get_alias(session, name)
     current = alias.model_version_id
     if expected_version is not UNSET and expected_version != current:
         raise _stale(name, expected_version, current)
     target = rollback_target(history(session, name))
+    if expected_target is not UNSET and expected_target != target:
+        raise Conflict(
+            f"alias {name!r} would roll back to {target or 'nothing'}, not {expected_target}: "
+            "its history changed",
+            code="alias_conflict",
+            param="expected_target",
+        )
     if target is None:
         raise Conflict(f"alias {name!r} has no earlier version to roll back to", code="nothing_to_roll_back")
     forced = _forced(get_version(session, target, param="name"), force=force, reason=reason)

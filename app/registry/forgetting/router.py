@@ -34,7 +34,7 @@ router = APIRouter(tags=["models"])
 )
 def get_forgetting(
     session: SessionDep,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     alias: Annotated[str | None, Query(max_length=64, description="alias whose lineage to show")] = None,
     version: Annotated[
         str | None, Query(max_length=100, description="or a version id (e.g. a rejected candidate)")
@@ -51,7 +51,7 @@ def get_forgetting(
         assert version is not None
         target_id = service.get_version(session, version, param="version").id
         title = f"forgetting along the lineage of {target_id}"
-    matrix = lineage_matrix(session, target_id)
+    matrix = lineage_matrix(session, target_id, viewer=principal)
     if format == "json":
         body = {"object": "forgetting_matrix", "alias": alias, "version": target_id}
         return JSONResponse({**body, **matrix.to_dict()})

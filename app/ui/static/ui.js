@@ -87,6 +87,7 @@
       source.close();
       setTimeout(function () { location.reload(); }, 500);
     });
+    source.addEventListener("signed-out", function () { source.close(); location.reload(); });
   }
 
   document.addEventListener("DOMContentLoaded", function () {

@@ -147,7 +147,9 @@ def promote(
             raise
         retry = "/ui/promote?" + urlencode({"alias": alias, "version": version})
         return _moved(request, alias, conflict, retry, session)
-    return RedirectResponse(f"/ui/aliases/{alias}?notice=promoted", status_code=303)
+    # The compare-and-set held, so the alias was at expected_version: equal to `version`, nothing moved.
+    notice = "unchanged" if expected_version == version else "promoted"
+    return RedirectResponse(f"/ui/aliases/{alias}?notice={notice}", status_code=303)
 
 
 @router.get("/ui/aliases/{name}/rollback")
@@ -171,16 +173,20 @@ def rollback(
     request: Request,
     session: SessionDep,
     principal: PromoterForm,
+    expected_target: Annotated[str, Form(max_length=100)],
     expected_version: FormText = "",
     reason: FormText = "",
     force: Annotated[bool, Form()] = False,
 ) -> Response:
+    """Compare-and-set against both versions the page showed: where the alias points and where it goes
+    back to (the target is recomputed from the history, which may have changed in between)."""
     try:
         aliases.rollback(
             session,
             name=name,
             actor=principal.actor,
             expected_version=expected_version,
+            expected_target=expected_target,
             reason=reason.strip() or None,
             force=force,
         )

@@ -11,15 +11,16 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
-from app.db import SessionDep
-from app.errors import AppError, loc_to_param
+from app.db import SessionDep, commit
+from app.errors import AppError
 from app.jobs import service as jobs
 from app.jobs.schemas import JobCreate
+from app.queue import TaskNotSent
 from app.registry.aliases import service as aliases
 from app.suites import service as suites
 from app.training.stage_config import METHODS
 from app.ui.auth import JobsWriterForm, JobsWriterPage
-from app.ui.pages import PageRoute, render
+from app.ui.pages import PageRoute, field_error, field_problems, render
 
 router = APIRouter(route_class=PageRoute)
 
@@ -157,10 +158,14 @@ def submit_job(
         job, _replayed = jobs.create_job(
             session, principal=principal, body=body, idempotency_key=idempotency_key
         )
+        # Committed here rather than after the view: a message the broker refused must come back as
+        # this form, whose idempotency key re-sends it (create_job re-enqueues a job still validating).
+        commit(session)
     except ValidationError as exc:
-        problems = [f"{loc_to_param(e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
-        return _form(request, session, principal, values, "; ".join(problems), 422)
+        return _form(request, session, principal, values, field_problems(exc.errors()), 422)
+    except TaskNotSent as error:
+        unsent = f"Job {job.id} was saved but not queued (the job queue is unreachable): submit again"
+        return _form(request, session, principal, values, unsent + " to queue it.", error.status)
     except AppError as error:
-        where = f"{error.param}: " if error.param else ""
-        return _form(request, session, principal, values, where + error.message, error.status)
+        return _form(request, session, principal, values, field_error(error), error.status)
     return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)

@@ -10,22 +10,29 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
-from app.db import SessionDep
+from app.db import ReadSessionDep, SessionDep
 from app.deps import SettingsDep, StoreDep
-from app.errors import AppError, PayloadTooLarge, Unprocessable, loc_to_param
+from app.errors import AppError, PayloadTooLarge, Unprocessable
 from app.evaluation.graders import KNOWN_GRADERS
 from app.files import service as files
 from app.files.service import FilePurpose
+from app.inputs import FILE_TOO_LARGE
 from app.suites import service as suites
 from app.suites.schemas import SuiteCreate
 from app.ui.auth import JobsWriterForm, JobsWriterPage, PagePrincipal
-from app.ui.pages import PageRoute, render
+from app.ui.pages import PageRoute, field_error, field_problems, render
 
 router = APIRouter(route_class=PageRoute)
 
 GRADERS = sorted(KNOWN_GRADERS)
 SUITES_PAGE = 50
 FormText = Annotated[str, Form(max_length=200)]
+
+
+def file_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the file is larger than the {limit}-byte limit", code=FILE_TOO_LARGE, param="file"
+    )
 
 
 def _upload_form(
@@ -37,7 +44,6 @@ def _upload_form(
     error: AppError | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    report = error.details.get("report") if error is not None else None
     return render(
         request,
         "upload.html",
@@ -45,13 +51,22 @@ def _upload_form(
         purposes=[str(p) for p in FilePurpose],
         graders=GRADERS,
         values={"purpose": purpose, "grader": grader, "model": model},
-        error=error,
-        report=report,
+        error=field_error(error) if error is not None else None,
+        report=error.details.get("report") if error is not None else None,
     )
 
 
 @router.get("/ui/files")
-def upload_page(request: Request, _principal: JobsWriterPage) -> HTMLResponse:
+def upload_page(
+    request: Request,
+    settings: SettingsDep,
+    _principal: JobsWriterPage,
+    error: Annotated[str, Query(max_length=32)] = "",
+) -> HTMLResponse:
+    """The form; with `?error=file_too_large` after BodySizeLimit (app.inputs) refused an upload before
+    the view could read it (this GET itself succeeded: 200)."""
+    if error == FILE_TOO_LARGE:
+        return _upload_form(request, error=file_too_large(settings.max_upload_bytes))
     return _upload_form(request)
 
 
@@ -59,6 +74,7 @@ def upload_page(request: Request, _principal: JobsWriterPage) -> HTMLResponse:
 def upload(
     request: Request,
     session: SessionDep,
+    read_session: ReadSessionDep,
     store: StoreDep,
     settings: SettingsDep,
     principal: JobsWriterForm,
@@ -72,22 +88,29 @@ def upload(
         limit = settings.max_upload_bytes
         content = file.file.read(limit + 1)
         if len(content) > limit:
-            raise PayloadTooLarge(
-                f"the file is larger than the {limit}-byte limit", code="file_too_large", param="file"
-            )
+            raise file_too_large(limit)
         if purpose not in {str(p) for p in FilePurpose}:
             raise Unprocessable(f"unknown purpose {purpose!r}", code="invalid_purpose", param="purpose")
         if grader not in KNOWN_GRADERS:
             raise Unprocessable(f"unknown grader {grader!r}", code="unknown_grader", param="grader")
-        row = files.create_file(
-            session,
-            store,
-            principal=principal,
+        # Pre-flight on a read session, as the API does: a long check holds no write lock.
+        name, report = files.check_upload(
+            read_session,
             filename=file.filename,
             content=content,
             purpose=FilePurpose(purpose),
             model_ref=model.strip() or None,
             grader=grader,
+        )
+        read_session.close()  # one connection at a time, as RequestSlots assumes
+        row = files.store_upload(
+            session,
+            store,
+            principal=principal,
+            name=name,
+            content=content,
+            purpose=FilePurpose(purpose),
+            report=report,
         )
     except AppError as error:
         return _upload_form(
@@ -163,11 +186,12 @@ def create_suite(
         )
         row, _created = suites.create_suite(session, store, principal=principal, body=body)
     except ValidationError as exc:
-        message = "; ".join(f"{loc_to_param(e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        message = field_problems(exc.errors())
         return _suites_page(request, session, principal, None, values, message, status_code=422)
     except AppError as error:
         problems = error.details.get("problems")
+        message = field_error(error)
         return _suites_page(
-            request, session, principal, None, values, error.message, problems, status_code=error.status
+            request, session, principal, None, values, message, problems, status_code=error.status
         )
     return RedirectResponse(f"/ui/suites?notice=suite-created#{row.id}", status_code=303)

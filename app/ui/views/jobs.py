@@ -3,7 +3,6 @@ events as they arrive) and cancelling."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,15 +16,15 @@ from app.deps import SettingsDep
 from app.errors import NotFound, Unprocessable
 from app.jobs import router as jobs_api
 from app.jobs import service as jobs
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import Job
 from app.jobs.states import JobStatus, is_terminal
 from app.registry import service as registry
 from app.registry.models import ModelVersion
 from app.suites import service as suites
 from app.ui.auth import JobsWriterForm, PagePrincipal, browser_session
-from app.ui.job_view import StageNotes, read_timeline
+from app.ui.job_view import NOTE_EVENT_TYPES, StageNotes, metric_charts, stage_notes
 from app.ui.pages import PageRoute, render
-from app.ui.progress import JobProgress, progress_events
+from app.ui.progress import JobProgress, progress_events, while_signed_in
 
 router = APIRouter(route_class=PageRoute)
 
@@ -34,8 +33,8 @@ PAGE_SIZE = 25
 SKILL_SCAN_LIMIT = 500
 SCAN_BATCH = 100
 MAX_STREAMED_JOBS = PAGE_SIZE
-# A job page reads its whole event log (the chart needs every step); a longer log shows its start.
-MAX_EVENTS = 20_000
+# The Events table shows a job's newest non-metric events (metrics are charted, not listed).
+MAX_EVENTS = 1_000
 
 
 @dataclass(frozen=True)
@@ -68,9 +67,9 @@ def find_jobs(
             scanned += 1
             cursor = job.id
             if has_skill(job, skill):
+                if len(found) == PAGE_SIZE:  # one more match: only now is there an older page
+                    return JobsPage(found, found[-1].id, False)
                 found.append(job)
-                if len(found) == PAGE_SIZE:
-                    return JobsPage(found, job.id, False)
         if not has_more:
             return JobsPage(found, None, False)
     return JobsPage(found, cursor, True)
@@ -174,15 +173,11 @@ def stage_views(
     return views
 
 
-def job_events(session: Session, job_id: str) -> Sequence[JobEvent]:
-    return jobs.events_after(session, job_id, 0, MAX_EVENTS)
-
-
 @router.get("/ui/jobs/{job_id}")
 def job_page(job_id: str, request: Request, session: SessionDep, principal: PagePrincipal) -> HTMLResponse:
     job = jobs.get_job(session, job_id, viewer=principal)
-    events = job_events(session, job.id)
-    timeline = read_timeline(events)
+    log = jobs.job_log(session, job.id, newest=MAX_EVENTS, types=NOTE_EVENT_TYPES)
+    rows = jobs.metrics_rows(session, job.id)  # after the log: the charts are no older than the stream
     general = [suite_name(session, suite_id, principal) for suite_id in job.request["general_suites"]]
     return render(
         request,
@@ -190,12 +185,13 @@ def job_page(job_id: str, request: Request, session: SessionDep, principal: Page
         job=job,
         progress=JobProgress.of(job),
         terminal=is_terminal(JobStatus(job.status)),
-        stages=stage_views(session, job, timeline.notes, principal),
+        stages=stage_views(session, job, stage_notes(log.of_types), principal),
         general_suites=general,
-        charts=timeline.charts(),
-        events=[event for event in events if event.type != "metrics"],
-        step_events=sum(1 for event in events if event.type == "metrics"),
-        last_event_id=events[-1].id if events else "",
+        charts=metric_charts(rows),
+        events=log.newest,
+        older_events=log.count - len(log.newest),
+        step_events=len(rows),
+        last_event_id=log.last_event_id,
     )
 
 
@@ -203,8 +199,7 @@ def job_page(job_id: str, request: Request, session: SessionDep, principal: Page
 def job_chart(job_id: str, request: Request, session: SessionDep, principal: PagePrincipal) -> HTMLResponse:
     """The charts alone, which the job page fetches again as metrics arrive."""
     job = jobs.get_job(session, job_id, viewer=principal)
-    charts = read_timeline(job_events(session, job.id)).charts()
-    return render(request, "_charts.html", charts=charts)
+    return render(request, "_charts.html", charts=metric_charts(jobs.metrics_rows(session, job.id)))
 
 
 @router.get("/ui/jobs/{job_id}/events")
@@ -218,11 +213,17 @@ def job_event_stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
 ) -> StreamingResponse:
     """The API's event stream (GET /v1/jobs/{id}/events?stream=true) for a signed-in browser: from the
-    page's last event, or on reconnection from the last one received."""
+    page's last event, or on reconnection from the last one received; it ends once the session's
+    token is revoked."""
     stream = jobs_api.list_events(
         job_id, request, session, settings, principal, stream=True, last_event_id=last_event_id or after
     )
     assert isinstance(stream, StreamingResponse)  # stream=True always streams
+    browser = browser_session(request)
+    assert browser is not None and browser.token is not None  # page_principal checked both
+    stream.body_iterator = while_signed_in(
+        request, browser.token, stream.body_iterator, poll=settings.sse_poll_seconds
+    )
     return stream
 
 

@@ -76,6 +76,7 @@ def version_page(
     version = registry.get_version(session, version_id)
     scores = list(registry.list_scores(session, version.id))
     chain = registry.lineage(session, version.id)
+    matrix = lineage_matrix(session, version.id, viewer=principal)
     return render(
         request,
         "version.html",
@@ -88,5 +89,6 @@ def version_page(
         all_aliases=[alias.name for alias in aliases.list_aliases(session)],
         scores=scores,
         suite_names=score_suite_names(session, scores, principal),
-        heat=heatmap(lineage_matrix(session, version.id)),
+        unnamed_suite=suites.ANOTHER_TEAMS_SUITE,
+        heat=heatmap(matrix),
     )

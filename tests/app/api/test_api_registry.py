@@ -17,7 +17,7 @@ from app.contracts.artifacts import model_dir_sha256
 from app.registry import service as registry
 from app.registry.service import VersionStatus
 
-from .conftest import unique, write_model_dir
+from .conftest import make_suite, unique, write_model_dir
 from .test_api_files import assert_error
 
 
@@ -413,6 +413,32 @@ def test_admins_read_per_item_outputs_of_scores_without_a_suite_row(
 
     assert per_item(admin) == [{"id": "row-1", "score": 0.5}]
     assert per_item(reader) is None
+
+
+def test_the_forgetting_matrix_does_not_name_another_teams_suite(
+    client: TestClient,
+    admin: dict[str, str],
+    reader: dict[str, str],
+    rival: dict[str, str],
+    base_model: dict[str, Any],
+    job_id: str,
+    db: sessionmaker[Session],
+) -> None:
+    theirs = make_suite(client, rival)
+    trained = child(db, base_model["id"], job_id, "scored-on-theirs")
+    with db.begin() as session:
+        registry.record_score(
+            session, model_version_id=trained, suite_sha256=theirs["sha256"], decoding_hash="d" * 64,
+            score=55.0, n=3, per_item=[], suite_id=theirs["id"],
+        )  # fmt: skip
+
+    def suites(headers: dict[str, str]) -> Any:
+        response = client.get("/v1/forgetting", params={"version": trained}, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["suites"]
+
+    assert theirs["name"] not in suites(reader) and "another team's suite 1" in suites(reader)
+    assert theirs["name"] in suites(admin)
 
 
 def test_scores_cache_and_forgetting_matrix(
