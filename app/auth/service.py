@@ -104,12 +104,19 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     return Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes), team=token.team)
 
 
+def token_is_active(session: Session, token_id: str) -> bool:
+    """Whether the token still exists unrevoked (a long request, such as a stream, checks it again)."""
+    found = session.scalar(select(ApiToken.id).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)))
+    return found is not None
+
+
 def list_tokens(session: Session) -> Sequence[ApiToken]:
     return session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
 
 
 def revoke_token(session: Session, token_id: str) -> ApiToken:
-    """Revoke a token (effective at its next request); revoking twice keeps the first time."""
+    """Revoke a token (effective at its next request, and within a poll for its open event streams);
+    revoking twice keeps the first time."""
     token = session.get(ApiToken, token_id)
     if token is None:
         raise NotFound(f"no token {token_id!r}", code="token_not_found", param="id")

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import CurrentPrincipal, JobsWriter
+from app.auth.service import token_is_active
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import Unprocessable
@@ -240,6 +241,7 @@ def list_events(
         generator = _event_stream(
             request,
             job_id,
+            principal.token_id,
             start,
             settings.sse_poll_seconds,
             settings.sse_heartbeat_seconds,
@@ -258,23 +260,35 @@ def _sse(event: JobEvent) -> str:
 
 
 async def _event_stream(
-    request: Request, job_id: str, after_seq: int, poll: float, heartbeat: float, max_seconds: float
+    request: Request,
+    job_id: str,
+    token_id: str,
+    after_seq: int,
+    poll: float,
+    heartbeat: float,
+    max_seconds: float,
 ) -> AsyncIterator[str]:
     """Poll the database (a fresh short session each time) and forward new events.
 
     The status is read before the events, so once a terminal status is seen, one more empty read
-    proves every event of the job was sent (workers write the final event with the final status)."""
+    proves every event of the job was sent (workers write the final event with the final status).
+    The stream ends, sending nothing more, once its token is revoked: a reconnection is then a 401."""
     sessionmaker = request.app.state.read_sessionmaker  # polls only read
 
-    def fetch(after: int) -> tuple[str, list[JobEvent]]:
+    def fetch(after: int) -> tuple[str, list[JobEvent]] | None:
         with sessionmaker() as session:
+            if not token_is_active(session, token_id):
+                return None
             status = service.status_of(session, job_id)
             assert status is not None  # checked before the stream started; jobs are never deleted
             return status, list(service.events_after(session, job_id, after, SSE_BATCH))
 
     started = last_write = time.monotonic()
     while True:
-        status, events = await run_in_threadpool(fetch, after_seq)
+        fetched = await run_in_threadpool(fetch, after_seq)
+        if fetched is None:
+            return
+        status, events = fetched
         for event in events:
             yield _sse(event)
             after_seq = event.seq

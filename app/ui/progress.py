@@ -95,24 +95,15 @@ async def progress_events(
         await asyncio.sleep(poll)
 
 
-async def while_signed_in(
-    request: Request, token: str, stream: AsyncContentStream, *, poll: float
-) -> AsyncIterator[Content]:
-    """`stream` (the API's job event stream) for as long as `token` is valid: authenticated again
-    before a message is passed on once `poll` seconds have gone by since the last check, so after a
-    revocation nothing more is sent and the stream ends with `signed-out`, as progress_events does.
-    An idle stream notices at its next keep-alive."""
-    sessionmaker = request.app.state.read_sessionmaker
+async def while_signed_in(request: Request, token: str, stream: AsyncContentStream) -> AsyncIterator[Content]:
+    """`stream`, the API's job event stream, which ends once its token is revoked; then `signed-out`
+    when that is why it ended, as progress_events does, so the page goes to the sign-in page."""
+    async for message in stream:
+        yield message
 
     def signed_in() -> bool:
-        with sessionmaker() as session:
+        with request.app.state.read_sessionmaker() as session:
             return authenticate(session, token) is not None
 
-    checked = time.monotonic()  # the route authenticated the request
-    async for message in stream:
-        if time.monotonic() - checked >= poll:
-            if not await run_in_threadpool(signed_in):
-                yield SIGNED_OUT
-                return
-            checked = time.monotonic()
-        yield message
+    if not await run_in_threadpool(signed_in):
+        yield SIGNED_OUT

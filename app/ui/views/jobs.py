@@ -221,9 +221,7 @@ def job_event_stream(
     assert isinstance(stream, StreamingResponse)  # stream=True always streams
     browser = browser_session(request)
     assert browser is not None and browser.token is not None  # page_principal checked both
-    stream.body_iterator = while_signed_in(
-        request, browser.token, stream.body_iterator, poll=settings.sse_poll_seconds
-    )
+    stream.body_iterator = while_signed_in(request, browser.token, stream.body_iterator)
     return stream
 
 

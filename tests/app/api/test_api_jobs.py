@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.service import Scope, create_token
 from app.jobs import service as jobs
 from app.jobs.models import Job
 from app.jobs.states import (
@@ -495,6 +496,37 @@ def test_event_stream_follows_the_job_to_the_end(
     assert third_id is not None
     resumed = read_stream(f"{live_server.url}/v1/jobs/{job_id}/events", {**writer, "Last-Event-ID": third_id})
     assert [d.get("message") for _i, k, d in resumed if k != "end"] == messages[3:]
+
+
+def test_an_event_stream_ends_once_its_token_is_revoked(
+    live_server: LiveServer,
+    client: TestClient,
+    admin: dict[str, str],
+    db: sessionmaker[Session],
+    job_body: dict[str, Any],
+) -> None:
+    with db.begin() as session:
+        token, secret = create_token(session, name=unique("streamer"), scopes=[Scope.JOBS_WRITE])
+    headers = Tokens.header(secret)
+    job_id = _new_job(client, headers, job_body)
+    kinds: list[str] = []
+    started = time.monotonic()
+    url = f"{live_server.url}/v1/jobs/{job_id}/events"
+    with httpx.stream("GET", url, params={"stream": "true"}, headers=headers, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kinds.append(line.removeprefix("event: "))
+                if len(kinds) > 1:
+                    break
+                # Revoked after the first event; the next one must never reach this client.
+                assert client.delete(f"/v1/tokens/{token.id}", headers=admin).status_code == 200
+                with db.begin() as session:
+                    jobs.append_event(session, job_id=job_id, level="info", type="message", message="after")
+            if time.monotonic() - started > 10:
+                break
+    # The job is still validating: before, the stream went on until sse_max_seconds.
+    assert kinds == ["status"] and time.monotonic() - started < 10
+    assert httpx.get(url, params={"stream": "true"}, headers=headers).status_code == 401
 
 
 def test_events_commit_in_seq_order(
