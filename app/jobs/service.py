@@ -415,8 +415,10 @@ def append_event(
     Takes the job's row lock first (PostgreSQL; SQLite writers are serialised anyway): an event's seq
     is drawn at insert but seen at commit, and the event stream reads "seq > last sent". Without the
     lock a transaction could commit seq 2 while seq 1 was still uncommitted, and the stream skip it.
+    FOR NO KEY UPDATE, the lock an UPDATE of the job takes: a full FOR UPDATE would also wait for
+    rows being inserted that point at the job (a version being registered), and deadlock with them.
     """
-    session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    session.execute(select(Job.id).where(Job.id == job_id).with_for_update(key_share=True))
     event = JobEvent(
         id=new_id("evt"),
         job_id=job_id,

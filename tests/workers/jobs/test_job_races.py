@@ -309,6 +309,42 @@ def test_validation_fails_a_job_whose_suite_cannot_be_evaluated_on_its_base(worl
     assert "item row-2 (line 2): prompt is" in message and "the model's context is 2048" in message
 
 
+def test_cancelling_while_a_version_is_registered_does_not_deadlock(world: World) -> None:
+    # The worker's transaction inserts the version (its foreign key share-locks the job row), then
+    # moves the job; a cancel meanwhile updates the job and appends its event. With the event's job
+    # lock as FOR UPDATE the two waited for each other (PostgreSQL: deadlock detected).
+    with session_scope(world.sessions) as session:
+        job_id = _running_job(session, world).id
+        uri = registry.get_version(session, world.base_id).checkpoint_uri
+    worker = world.sessions()
+    worker.begin()
+    registry.register_version(
+        worker, parent_id=world.base_id, job_id=job_id, skill="s", checkpoint_uri=uri,
+        checkpoint_sha256="e" * 64,
+    )  # fmt: skip
+    worker.flush()
+    cancelled: list[str] = []
+
+    def cancel() -> None:
+        with session_scope(world.sessions) as session:
+            cancelled.append(jobs.cancel_job(session, job_id=job_id, actor="user").status)
+
+    postgres = world.sessions.kw["bind"].dialect.name == "postgresql"
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    thread.join(timeout=5 if postgres else 0.2)
+    assert thread.is_alive() is not postgres  # PostgreSQL: the cancel did not wait for the worker
+    try:
+        # PostgreSQL: the cancel went through first. SQLite serialises writers: it waits for the worker.
+        moved = jobs.advance(worker, job_id, JobStatus.RUNNING, JobStatus.EVALUATING)
+        assert moved is not postgres
+        worker.commit()
+    finally:
+        worker.close()
+    thread.join(timeout=30)
+    assert cancelled == ["cancelled"]
+
+
 def test_a_job_cancelled_as_its_stage_ends_registers_no_version(world: World) -> None:
     with session_scope(world.sessions) as session:
         job = _running_job(session, world)
