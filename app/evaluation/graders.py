@@ -75,8 +75,10 @@ def regex_flags(options: Mapping[str, Any]) -> int:
 
 
 def _repeat_counts(pattern: str) -> list[int]:
-    """The lower bound of every counted repeat ("{m}", "{m,}", "{m,n}") written in pattern."""
-    return [int(low) for low in re.findall(r"\{\s*(\d+)\s*(?:,\s*\d*\s*)?\}", pattern)]
+    """The lower bound of every counted repeat ("{m}", "{m,}", "{m,n}") written in pattern; digits may
+    be spaced out ("{1 0 0}"), as the `regex` module reads them in verbose mode."""
+    counts = re.findall(r"\{([\d\s]+)(?:,[\d\s]*)?\}", pattern)
+    return [int(digits) for low in counts if (digits := "".join(low.split()))]
 
 
 def _expansion(items: Any) -> int:
@@ -106,13 +108,16 @@ def regex_expansion(pattern: str, flags: int) -> int:
     """The size compiling pattern expands to. Patterns the standard parser reads are measured from
     their repeat tree; for the `regex` module's own syntax (\\p{L}, fuzzy matching) every counted
     repeat is taken as nested in every other."""
+    every_count_nested = math.prod(max(count, 1) for count in _repeat_counts(pattern))
     try:
         # re's parser is private but stable; it gives the repeat tree the `regex` module also builds.
         from re import _parser  # type: ignore[attr-defined]
 
-        return _expansion(_parser.parse(pattern, re.VERBOSE if flags & regex.VERBOSE else 0))
+        tree = _expansion(_parser.parse(pattern, re.VERBOSE if flags & regex.VERBOSE else 0))
     except (re.error, RecursionError, OverflowError):
-        return math.prod(max(count, 1) for count in _repeat_counts(pattern))
+        return every_count_nested
+    # In verbose mode `re` reads "{1 0 0}" as text where `regex` reads a count: take the larger.
+    return max(tree, every_count_nested) if flags & regex.VERBOSE else tree
 
 
 def compile_reference_regex(pattern: str, options: Mapping[str, Any]) -> Any:
@@ -126,7 +131,10 @@ def compile_reference_regex(pattern: str, options: Mapping[str, Any]) -> Any:
             f"the pattern's counted repeats expand to more than {MAX_REGEX_EXPANSION:,} nodes "
             "(e.g. a{100000}); use an open repeat such as a+ or a smaller count"
         )
-    return regex.compile(pattern, flags)
+    try:
+        return regex.compile(pattern, flags)
+    except RecursionError:
+        raise regex.error("the pattern nests too deeply") from None
 
 
 def _tolerance(options: Mapping[str, Any], key: str, default: float) -> float:
@@ -155,13 +163,20 @@ def _is_edge_punctuation(char: str) -> bool:
 _NUMBER_START = re.compile(r"[-+]?\.?\d")
 
 
-def normalize_text(text: str) -> str:
-    """NFKC-normalise and casefold, collapse whitespace runs to one space, strip punctuation at both ends.
+# Fullwidth ASCII (U+FF01..U+FF5E) to ASCII.
+_FULLWIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
 
-    NFKC makes the same text typed differently compare equal (a decomposed "é", fullwidth "４２").
+
+def normalize_text(text: str) -> str:
+    """NFC-normalise, fold fullwidth forms, casefold, collapse whitespace runs to one space, strip
+    punctuation at both ends.
+
+    The same text typed differently compares equal (a decomposed "é", fullwidth "４２"); NFKC is not
+    used, since it also makes "2³" equal "23" and "H₂O" equal "H2O".
     A leading "-", "+" or "." that begins a number is kept, so "-5" and ".5" keep their meaning.
     """
-    collapsed = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    composed = unicodedata.normalize("NFC", text).translate(_FULLWIDTH)
+    collapsed = " ".join(composed.casefold().split())
     start, end = 0, len(collapsed)
     while start < end:
         char = collapsed[start]

@@ -23,7 +23,7 @@ from typing import Any
 from app.evaluation.stats import bootstrap_mean_ci, derive_seed, to_points
 
 RESULT_FORMAT = "suite-result/1"
-# /2: graders changed (NFKC in exact_match, regex flag "a", choice ties are misses).
+# /2: graders changed (exact_match folds Unicode forms, regex flag "a", choice ties are misses).
 CACHE_KEY_FORMAT = "eval-cache/2"
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
@@ -133,7 +133,8 @@ def _canonical_json(value: Any) -> str:
 
 def decoding_hash(decoding: Mapping[str, Any]) -> str:
     """sha256 hex of an effective decoding and the grading format: with the checkpoint and suite sha it
-    names a score, so a score graded by earlier graders is never compared with a new one."""
+    names a score, so the gate and the caches never pair a score graded by earlier graders with a new
+    one (the forgetting matrix shows recorded scores as they are)."""
     payload = {"format": CACHE_KEY_FORMAT, "decoding": dict(decoding)}
     return hashlib.sha256(_canonical_json(payload).encode("utf-8")).hexdigest()
 

@@ -160,7 +160,13 @@ def load_suite(session: Session, store: Store, suite_id: str) -> EvalSuite:
         grader_options=row.grader_options,
         decoding=DecodingConfig.model_validate(row.decoding),
     )
-    parsed = parse_suite_jsonl(files.read_text(store, files.get_file(session, row.file_id)), meta)
+    try:
+        parsed = parse_suite_jsonl(files.read_text(store, files.get_file(session, row.file_id)), meta)
+    except SuiteError as error:  # stored before a check was added (a too-large regex, say)
+        raise RuntimeError(
+            f"suite {row.id} ({row.name}) does not pass today's suite checks; upload it again with "
+            f"these fixed: {error}"
+        ) from None
     if parsed.sha256 != row.suite_sha256:
         raise RuntimeError(f"suite {row.id} no longer matches its recorded sha256 (storage changed?)")
     return parsed

@@ -124,3 +124,24 @@ def test_load_suite_for_workers(client: TestClient, writer: dict[str, str], app:
     with app.state.sessionmaker() as session:
         parsed = load_suite(session, app.state.store, created["id"])
     assert parsed.sha256 == created["sha256"] and parsed.meta.tolerance == 3.0 and len(parsed) == 3
+
+
+def test_a_stored_suite_failing_a_newer_check_is_named_when_loaded(
+    client: TestClient, writer: dict[str, str], app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A suite stored before a check existed (here: a tighter bound on regex size) is reported by id
+    # and name, with the problem, not as an unexpected error.
+    from app.evaluation import graders
+    from app.suites.service import load_suite
+
+    row = json.dumps({"prompt": "digits?", "reference": r"\d{50}"})
+    file_id = upload(client, writer, row + "\n", "regression_suite").json()["id"]
+    name = unique("regex-suite")
+    created = client.post(
+        "/v1/suites", json={"name": name, "file": file_id, "grader": "regex"}, headers=writer
+    ).json()
+    monkeypatch.setattr(graders, "MAX_REGEX_EXPANSION", 10)
+    with app.state.sessionmaker() as session, pytest.raises(RuntimeError) as raised:
+        load_suite(session, app.state.store, created["id"])
+    message = str(raised.value)
+    assert created["id"] in message and name in message and "expand" in message

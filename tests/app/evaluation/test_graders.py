@@ -61,6 +61,8 @@ def test_exact_match_accepts_normalized_equal(output: str, reference: str) -> No
         ("5", "5.0"),
         ("pa ris", "paris"),
         ("", "paris"),
+        ("23", "2\u00b3"),  # superscript: not the same number (NFKC would fold it)
+        ("H2O", "H\u2082O"),
     ],
 )
 def test_exact_match_rejects_different_answers(output: str, reference: str) -> None:
@@ -147,6 +149,18 @@ def test_regex_too_large_to_compile_is_refused_before_compiling(pattern: str) ->
         compile_reference_regex(pattern, {})
     with pytest.raises(ValueError, match="cannot be used"):
         grade("regex", "aaa", pattern)
+
+
+def test_regex_in_verbose_mode_counts_spaced_out_repeats() -> None:
+    # With the x flag `regex` reads "{1 0 0 0 0 0 0}" as a count of a million; `re` reads it as text.
+    with pytest.raises(regex.error, match="expand"):
+        compile_reference_regex("(?:ab){1 0 0 0 0 0 0}", {"flags": "x"})
+    compile_reference_regex("(?:ab){1 0}", {"flags": "x"})
+
+
+def test_regex_nested_too_deeply_is_refused_not_a_crash() -> None:
+    with pytest.raises(regex.error, match="nests too deeply"):
+        compile_reference_regex("(" * 400 + "a" + ")" * 400, {})
 
 
 def test_regex_expansion_counts_nested_repeats() -> None:
