@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 import typing
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -91,24 +92,6 @@ class RetryPolicy:
         return None
 
 
-def resolve(receiver: Receiver, *, allow_private: bool) -> list[str]:
-    """The receiver's addresses, from one lookup; each is checked unless `allow_private`. The POST
-    connects to these: a second lookup could answer another address (DNS rebinding). ValueError
-    saying why the receiver may not be reached."""
-    try:
-        infos = socket.getaddrinfo(receiver.host, receiver.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ValueError(f"cannot resolve {receiver.host}: {exc}") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    refused = [a for a in addresses if not is_public(ip_address(a.split("%", 1)[0]))]  # %: IPv6 zone
-    if refused and not allow_private:
-        raise ValueError(
-            # The address itself is left out: the log is the tenant's, the network is not.
-            f"{receiver.host} resolves to a loopback, private or link-local address"
-        )
-    return addresses
-
-
 class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -120,6 +103,34 @@ class _Deadline:
         if left <= 0:
             raise TimeoutError(f"no answer within {self.seconds:g} s")
         return left
+
+
+# Lookups run here so that the attempt's deadline bounds them (getaddrinfo cannot be interrupted): a
+# stuck one holds a thread until the resolver gives up, and waits beyond these few queue, then time out.
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
+
+
+def resolve(receiver: Receiver, deadline: _Deadline, *, allow_private: bool) -> list[str]:
+    """The receiver's addresses, from one lookup within the deadline; each is checked unless
+    `allow_private`. The POST connects to these: a second lookup could answer another address (DNS
+    rebinding). ValueError saying why the receiver may not be reached."""
+    lookup = _LOOKUPS.submit(socket.getaddrinfo, receiver.host, receiver.port, type=socket.SOCK_STREAM)
+    try:
+        infos = lookup.result(timeout=deadline.left())
+    except TimeoutError:
+        raise TimeoutError(f"resolving {receiver.host} took longer than {deadline.seconds:g} s") from None
+    except OSError as exc:
+        raise ValueError(f"cannot resolve {receiver.host}: {exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise ValueError(f"{receiver.host} resolves to no address")
+    refused = [a for a in addresses if not is_public(ip_address(a.split("%", 1)[0]))]  # %: IPv6 zone
+    if refused and not allow_private:
+        raise ValueError(
+            # The address itself is left out: the log is the tenant's, the network is not.
+            f"{receiver.host} resolves to a loopback, private or link-local address"
+        )
+    return addresses
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -168,13 +179,15 @@ class _PinnedBackend(httpcore.NetworkBackend):
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         *others, last = self.addresses
-        for address in others:
-            with suppress(httpcore.ConnectError):  # refused or unreachable: the next address
-                return self._connect(address, port)
-        return self._connect(last, port)
+        for tried, address in enumerate(others):
+            # An even share of the time left per address still to try, so that one unreachable
+            # address does not use it all: the next is tried when it is refused or times out.
+            with suppress(httpcore.ConnectError, httpcore.ConnectTimeout):
+                return self._connect(address, port, self.deadline.left() / (len(self.addresses) - tried))
+        return self._connect(last, port, self.deadline.left())
 
-    def _connect(self, address: str, port: int) -> httpcore.NetworkStream:
-        stream = httpcore.SyncBackend().connect_tcp(address, port, self.deadline.left())
+    def _connect(self, address: str, port: int, timeout: float) -> httpcore.NetworkStream:
+        stream = httpcore.SyncBackend().connect_tcp(address, port, timeout)
         return _DeadlineStream(stream, self.deadline)
 
 
@@ -185,7 +198,7 @@ def post(attempt: Attempt, policy: RetryPolicy) -> tuple[int | None, str | None]
     deadline = _Deadline(policy.timeout_seconds)
     try:
         receiver = parse_receiver(attempt.url)
-        addresses = resolve(receiver, allow_private=policy.allow_private)
+        addresses = resolve(receiver, deadline, allow_private=policy.allow_private)
         status_code = _send(receiver, addresses, deadline, attempt)
     except ValueError as exc:
         return None, str(exc)
@@ -209,11 +222,14 @@ def _send(receiver: Receiver, addresses: list[str], deadline: _Deadline, attempt
         httpcore.ConnectionPool(network_backend=_PinnedBackend(addresses, deadline)) as pool,
         pool.stream("POST", url, headers=list(headers.items()), content=attempt.body) as response,
     ):
-        read = 0
-        for chunk in response.iter_stream():
-            read += len(chunk)
-            if read >= MAX_ANSWER_BYTES:
-                break
+        # The status decides; the start of the body is read only to end the exchange cleanly, so a
+        # body that never comes does not turn a 2xx into a failure (and a duplicate).
+        with suppress(httpcore.ReadTimeout, httpcore.ReadError, httpcore.RemoteProtocolError, TimeoutError):
+            read = 0
+            for chunk in response.iter_stream():
+                read += len(chunk)
+                if read >= MAX_ANSWER_BYTES:
+                    break
         return response.status
 
 

@@ -138,24 +138,47 @@ def trickling(answer: bytes, *, head: bytes = b"") -> Callable[[socket.socket], 
 
 
 @pytest.mark.parametrize(
-    "answer",
+    ("answer", "outcome"),
     [
-        trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
-        trickling(b"x" * 40, head=b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n"),
+        (trickling(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), (None, "Timeout")),
+        # The status came in time: a body that never ends does not make a 2xx a failure to retry.
+        (trickling(b"x" * 40, head=b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n"), (200, None)),
     ],
     ids=["head", "body"],
 )
 def test_an_attempt_ends_by_its_timeout_however_slowly_the_receiver_answers(
-    answer: Callable[[socket.socket], None],
+    answer: Callable[[socket.socket], None], outcome: tuple[int | None, str | None]
 ) -> None:
     # Each byte comes long before a per-read timeout would fire; the attempt as a whole takes too long.
     with answering(answer) as url:
         started = time.monotonic()
         status, error = post(attempt_to(url), LOOPBACK_ALLOWED)
         took = time.monotonic() - started
-    assert status is None and error is not None and "Timeout" in error
+    expected_status, expected_error = outcome
+    assert status == expected_status
+    assert error is None if expected_error is None else (error is not None and expected_error in error)
     # Over well before the claim lapses (timeout + HOLD_MARGIN_SECONDS) and the reaper sends it again.
     assert LOOPBACK_ALLOWED.timeout_seconds <= took < LOOPBACK_ALLOWED.timeout_seconds + 1
+
+
+def test_a_slow_lookup_is_bounded_by_the_attempts_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def slow(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == NAME:
+            time.sleep(2.5)
+        return real("127.0.0.1" if host == NAME else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    started = time.monotonic()
+    status, error = post(attempt_to(f"http://{NAME}/hook"), LOOPBACK_ALLOWED)
+    assert status is None and error is not None and "took longer than 1 s" in error
+    assert time.monotonic() - started < LOOPBACK_ALLOWED.timeout_seconds + 0.5
+
+
+def test_a_name_with_no_address_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: [])
+    assert post(attempt_to(f"http://{NAME}/hook"), STRICT) == (None, f"{NAME} resolves to no address")
 
 
 def test_only_the_start_of_a_long_answer_is_read() -> None:
