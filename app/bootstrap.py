@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import inspect, make_url
+from sqlalchemy.exc import OperationalError
 
 import app
 from app.auth.service import Scope, authenticate, create_token
@@ -80,9 +83,40 @@ def ensure_admin_token(settings: Settings) -> Path:
     return path
 
 
+def make_private(settings: Settings) -> None:
+    """The data folder, and everything this process and its children write, readable by this user
+    only: the database holds webhook signing secrets and the storage the uploaded data."""
+    os.umask(0o077)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with suppress(PermissionError):  # a folder someone else owns keeps its mode
+        os.chmod(settings.data_dir, 0o700)
+
+
+def database_problem(settings: Settings) -> str | None:
+    """Why commands that open the database directly (`sdft gc`, `sdft tokens create`) cannot use it,
+    or None: a SQLite file that does not exist (a mistyped --data-dir), or a schema never migrated."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).expanduser().is_file():
+        return (
+            f"no database at {url.database}: start the service once (sdft up), or pass the right --data-dir"
+        )
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                where = url.render_as_string()  # the password hidden
+                return f"the database at {where} has no schema: start the service once (sdft up)"
+    except OperationalError as error:
+        return f"cannot open the database at {url.render_as_string()}: {error.orig}"
+    finally:
+        engine.dispose()
+    return None
+
+
 def ensure_embedded(settings: Settings) -> Path:
-    """Everything the embedded default needs before its API or a worker starts: the schema, the
-    broker's queues and the admin token (whose path it returns)."""
+    """Everything the embedded default needs before its API or a worker starts: a private data
+    folder, the schema, the broker's queues and the admin token (whose path it returns)."""
+    make_private(settings)
     ensure_database(settings)
     ensure_broker_queues(settings)
     return ensure_admin_token(settings)

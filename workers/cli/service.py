@@ -53,11 +53,16 @@ def cmd_import_default(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     _apply_data_dir(args)
+    from app.bootstrap import database_problem
     from app.db import make_engine, read_only_sessions, session_scope
     from app.settings import get_settings
     from app.storage.gc import collect_garbage
 
     settings = get_settings()
+    problem = database_problem(settings)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     engine = make_engine(settings.database_url)
     try:
         # gc only reads the database: on SQLite a write session would block every upload for the walk.

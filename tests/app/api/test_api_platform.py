@@ -15,7 +15,13 @@ from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.bootstrap import alembic_config, ensure_admin_token, ensure_broker_queues, ensure_database
+from app.bootstrap import (
+    alembic_config,
+    database_problem,
+    ensure_admin_token,
+    ensure_broker_queues,
+    ensure_database,
+)
 from app.jobs import service as jobs
 from app.jobs.states import JobStatus
 from app.settings import Settings
@@ -193,6 +199,42 @@ def test_embedded_bootstrap_creates_the_admin_token_once(tmp_path: Path) -> None
         )
     app.state.engine.dispose()
     assert response.status_code == 422  # authenticated as admin; the path is what is wrong
+
+
+def test_embedded_data_is_private_to_its_user(tmp_path: Path) -> None:
+    # The database holds webhook signing secrets and the storage the uploads: nothing another local
+    # user can read (was a 755 folder and 644 files). In a child process: the umask is process-wide.
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    code = (
+        "import sys; from pathlib import Path; from app.bootstrap import ensure_embedded; "
+        "from app.settings import Settings; from app.storage import make_store; "
+        "settings = Settings(data_dir=Path(sys.argv[1])); ensure_embedded(settings); "
+        "make_store(settings.storage_path).put_bytes(b'uploaded')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(data)], check=True, cwd=REPO_ROOT)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    written = [path for path in data.rglob("*") if path.is_file()]
+    assert any(path.name == "sdft.sqlite" for path in written) and any(
+        "blobs" in path.parts for path in written
+    )
+    assert all(stat.S_IMODE(path.stat().st_mode) & 0o077 == 0 for path in written), [
+        (path, oct(path.stat().st_mode)) for path in written
+    ]
+
+
+def test_commands_opening_the_database_name_a_missing_or_unmigrated_one(tmp_path: Path) -> None:
+    missing = Settings(data_dir=tmp_path / "typo")
+    problem = database_problem(missing)
+    assert problem is not None and "no database at" in problem and "--data-dir" in problem
+    assert not (tmp_path / "typo").exists(), "nothing is created on the way"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "sdft.sqlite").write_bytes(b"")
+    problem = database_problem(Settings(data_dir=tmp_path / "empty"))
+    assert problem is not None and "has no schema" in problem
+    ready = Settings(data_dir=tmp_path / "ready")
+    ensure_database(ready)
+    assert database_problem(ready) is None
 
 
 def test_embedded_bootstrap_declares_the_task_queues_before_any_worker(tmp_path: Path) -> None:
