@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,33 @@ def _evaluation_option_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"max-new-tokens: must be >= 1, got {args.max_new_tokens}")
     if args.batch_size < 1:
         problems.append(f"batch-size: must be >= 1, got {args.batch_size}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        problems.append(f"json: the directory of {args.json} does not exist")
+    if args.json:
+        problem = _json_target_problem(Path(args.json))
+        if problem:
+            problems.append(f"json: {problem}")
     return problems
+
+
+def _json_target_problem(path: Path) -> str | None:
+    """Why the JSON report could not be written there, found before any evaluation runs."""
+    folder = path.resolve().parent
+    if path.is_dir():
+        return f"{path} is a directory; name a file"
+    if not folder.is_dir():
+        return f"the directory of {path} does not exist"
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        return f"{path} is not writable"
+    return None
+
+
+def _write_json(path: str, document: dict[str, Any]) -> bool:
+    """Write the report; False (reported) when that fails after all: the run's results are printed."""
+    try:
+        Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as error:
+        print(f"error: json: cannot write {path}: {error.strerror or error}")
+        return False
+    return True
 
 
 def _token_override(args: argparse.Namespace) -> int | None:
@@ -100,9 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 for result, cached in zip(evaluation.results, evaluation.cached, strict=True)
             ],
         }
-        Path(args.json).write_text(
-            json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        if not _write_json(args.json, document):
+            return 2
     return 0
 
 
@@ -187,9 +211,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
             "parent": [result.to_dict() for result in parent.results],
             "candidate": [result.to_dict() for result in candidate.results],
         }
-        Path(args.json).write_text(
-            json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        if not _write_json(args.json, document):
+            return 2  # not 1, which says "rejected"
     return 0 if report.accepted else 1
 
 

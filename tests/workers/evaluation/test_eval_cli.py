@@ -233,3 +233,15 @@ def test_suite_files_take_metadata_from_the_sidecar_or_the_flags(tmp_path: Path)
     assert suite_name_from_path("/x/Ünïcode suite.jsonl") == "-n-code-suite"
     assert split_suite_role("a.jsonl:new") == ("a.jsonl", "new_skill", None)
     assert split_suite_role("a.jsonl") == ("a.jsonl", "prior", None)
+
+
+def test_a_json_report_into_a_directory_is_refused_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Checked only for its parent folder, it passed and failed after the whole run; for `gate`, with
+    # exit 1, which says "rejected".
+    suite = write_suite(tmp_path / "s.jsonl", ["x"] * 6)
+    code = main(["gate", "--parent", str(tmp_path), "--candidate", str(tmp_path), "--suite", str(suite),
+                 "--json", str(tmp_path)])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2 and f"json: {tmp_path} is a directory; name a file" in stderr
