@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.client import positive_int
+from app.client import positive_int, tcp_port
 
 
 def _apply_data_dir(args: argparse.Namespace) -> None:
@@ -79,7 +79,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def register(sub: Any, models: Any) -> None:
     up = sub.add_parser("up", help="the embedded service: API + a real Celery worker, SQLite, one machine")
     up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--port", type=tcp_port, default=8000)
     up.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
     up.add_argument("--no-worker", action="store_true", help="API only (workers run elsewhere)")
     up.add_argument("--api-workers", type=positive_int, help="API processes (default $SDFT_API_WORKERS or 2)")
@@ -88,7 +88,7 @@ def register(sub: Any, models: Any) -> None:
     demo = sub.add_parser(
         "demo", help="the whole product on the embedded default: two skills, gated, plotted"
     )
-    demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--port", type=tcp_port, default=8765)
     demo.add_argument("--data-dir", help="default $SDFT_DATA_DIR or ~/.sdft")
     demo.set_defaults(func=cmd_demo)
 

@@ -48,7 +48,7 @@ def test_job_and_model_verbs(cli: Any, tokens: Tokens, job_body: dict[str, Any],
     code, page, _ = cli("jobs", "list", "--metadata", f"run={run}")
     assert code == 0 and [j["id"] for j in page["data"]] == [job["id"]]
     code, _, err = cli("jobs", "list", "--metadata", "no-equals-sign")
-    assert code == 1 and "KEY=VALUE" in err
+    assert code == 2 and "KEY=VALUE" in err
     code, out, _ = cli("jobs", "metrics", job["id"], "--format", "csv")
     assert code == 0 and out.startswith("stage,skill,step,total_steps,")
 
