@@ -372,7 +372,7 @@ def test_a_stream_that_closes_at_once_with_nothing_is_not_reopened_in_a_spin(
     # A clean close is no failure (the server's stream limit), but one with nothing sent is reopened
     # at most twice a second, never in a tight loop.
     with FakeApi(sse(), sse(), sse(end("succeeded"))) as fake:
-        code, streamed, err = follow(fake.url, monkeypatch, capsys)
+        code, _streamed, err = follow(fake.url, monkeypatch, capsys)
     assert code == 0, err
     assert len(fake.requests) == 3 and len(waits) == 2
     assert all(0 < wait <= client_module.MIN_RECONNECT_SECONDS for wait in waits), waits
