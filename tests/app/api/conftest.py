@@ -363,3 +363,15 @@ def cli_runner(
             return code, out, err
 
     return run
+
+
+@pytest.fixture()
+def cli(
+    live_server: LiveServer,
+    tokens: Tokens,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> CliRun:
+    """The `sdft` client against the live server, as a jobs writer (test_api_client.py: as admin)."""
+    return cli_runner(live_server, tokens.writer, monkeypatch, capsys, tmp_path / "config")

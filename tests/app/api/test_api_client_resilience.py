@@ -35,7 +35,7 @@ from app.jobs.states import JobStatus
 from app.main import create_app
 from app.settings import Settings
 
-from .conftest import CliRun, LiveServer, Tokens, cli_runner, serve_in_thread, unique
+from .conftest import CliRun, LiveServer, serve_in_thread, unique
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -160,17 +160,6 @@ def follow(
 
 
 # --------------------------------------------------------------------------- the real app
-
-
-@pytest.fixture()
-def cli(
-    live_server: LiveServer,
-    tokens: Tokens,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-) -> CliRun:
-    return cli_runner(live_server, tokens.writer, monkeypatch, capsys, tmp_path / "config")
 
 
 def new_job(client: TestClient, writer: dict[str, str], job_body: dict[str, Any]) -> str:

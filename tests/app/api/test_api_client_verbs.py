@@ -7,20 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from .conftest import CliRun, LiveServer, Tokens, cli_runner, demonstration_lines, unique
-
-
-@pytest.fixture()
-def cli(
-    live_server: LiveServer,
-    tokens: Tokens,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-) -> CliRun:
-    return cli_runner(live_server, tokens.writer, monkeypatch, capsys, tmp_path / "config")
+from .conftest import Tokens, demonstration_lines, unique
 
 
 def test_file_verbs(cli: Any, tmp_path: Path) -> None:
