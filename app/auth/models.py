@@ -20,3 +20,6 @@ class ApiToken(Base):
     scopes: Mapped[list[str]] = mapped_column(JSONDoc)
     created_at: Mapped[int]
     revoked_at: Mapped[int | None]
+    # Dashboard sessions signed in with this token carry the value they were signed in under; signing
+    # out adds one, so a copy of any earlier session cookie is refused (app.ui.auth).
+    ui_session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -104,6 +104,21 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     return Principal(token_id=token.id, name=token.name, scopes=frozenset(token.scopes), team=token.team)
 
 
+def ui_session_epoch(session: Session, token_id: str) -> int:
+    """The token's current dashboard session epoch (see ApiToken.ui_session_epoch)."""
+    return session.scalar(select(ApiToken.ui_session_epoch).where(ApiToken.id == token_id)) or 0
+
+
+def end_ui_sessions(session: Session, token_id: str) -> None:
+    """Sign out every dashboard session signed in with this token so far."""
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id)
+        .values(ui_session_epoch=ApiToken.ui_session_epoch + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def token_is_active(session: Session, token_id: str) -> bool:
     """Whether the token still exists unrevoked (a long request, such as a stream, checks it again)."""
     found = session.scalar(select(ApiToken.id).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)))

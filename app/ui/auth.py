@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from app.auth.service import Principal, Scope, authenticate
+from app.auth.service import Principal, Scope, authenticate, ui_session_epoch
 from app.db import ReadSessionDep
 from app.errors import Forbidden, ServiceUnavailable
 from app.ui.pages import SignInRequired, Viewer
@@ -38,9 +38,12 @@ def page_principal(request: Request, session: ReadSessionDep) -> Principal:
     # On a read session, given back at once, as the API authenticates (app.auth.dependencies): a POST
     # takes SQLite's write lock only when its handler first writes, not for the whole request.
     principal = authenticate(session, browser.token)
+    current_epoch = None if principal is None else ui_session_epoch(session, principal.token_id)
     session.close()
     if principal is None:
         raise SignInRequired("revoked")
+    if browser.epoch != current_epoch:  # signed out since this cookie was sealed
+        raise SignInRequired("signed-out")
     request.state.viewer = Viewer(principal, session_codec(request).csrf_token(browser))
     return principal
 

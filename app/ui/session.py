@@ -4,7 +4,8 @@ The cookie holds the pasted API token encrypted and authenticated (Fernet: AES-C
 a key derived from the session secret, so it is neither readable nor forgeable; it is HTTP-only,
 SameSite=Strict and scoped to /ui, so the API under /v1 never sees it. The token inside is authenticated
 again on every request (app.ui.auth), so a revoked token is signed out at its next request; a session
-also expires on its own after SESSION_MAX_AGE_SECONDS.
+also expires on its own after SESSION_MAX_AGE_SECONDS, and signing out ends every session of that token
+(its epoch moves on), so a copy of the cookie taken before is refused.
 
 Each session (signed in or not: the sign-in form is protected too) has a random nonce; its CSRF token
 is an HMAC of that nonce, checked on every POST. A new nonce is drawn at sign-in, so a token planted
@@ -32,10 +33,11 @@ CSRF_FIELD = "csrf_token"
 class BrowserSession:
     nonce: str
     token: str | None  # the API token the user pasted; None until sign-in
+    epoch: int = 0  # the token's ui_session_epoch at sign-in: signing out moves it on
 
 
-def new_session(token: str | None = None) -> BrowserSession:
-    return BrowserSession(nonce=secrets.token_urlsafe(18), token=token)
+def new_session(token: str | None = None, epoch: int = 0) -> BrowserSession:
+    return BrowserSession(nonce=secrets.token_urlsafe(18), token=token, epoch=epoch)
 
 
 def _derive(secret: bytes, purpose: bytes) -> bytes:
@@ -51,7 +53,8 @@ class SessionCodec:
         self._csrf_key = _derive(secret, b"csrf")
 
     def seal(self, session: BrowserSession, *, now: int | None = None) -> str:
-        payload = json.dumps({"n": session.nonce, "t": session.token}, separators=(",", ":")).encode()
+        fields = {"n": session.nonce, "t": session.token, "e": session.epoch}
+        payload = json.dumps(fields, separators=(",", ":")).encode()
         issued = int(time.time()) if now is None else now
         return self._fernet.encrypt_at_time(payload, issued).decode()
 
@@ -65,10 +68,12 @@ class SessionCodec:
             payload = json.loads(self._fernet.decrypt_at_time(cookie.encode(), SESSION_MAX_AGE_SECONDS, at))
         except (InvalidToken, ValueError, UnicodeError):
             return None
-        nonce, token = payload.get("n"), payload.get("t")
+        nonce, token, epoch = payload.get("n"), payload.get("t"), payload.get("e", 0)
         if not isinstance(nonce, str) or not (token is None or isinstance(token, str)):
             return None
-        return BrowserSession(nonce=nonce, token=token)
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            return None
+        return BrowserSession(nonce=nonce, token=token, epoch=epoch)
 
     def csrf_token(self, session: BrowserSession) -> str:
         return hmac.new(self._csrf_key, session.nonce.encode(), hashlib.sha256).hexdigest()

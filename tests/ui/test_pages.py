@@ -133,6 +133,23 @@ def test_sign_out_ends_the_session(dashboard: Browser, tokens: Tokens) -> None:
     assert browser.get("/ui/jobs").status_code == 303
 
 
+def test_a_cookie_copied_before_sign_out_no_longer_opens_a_session(
+    dashboard: Browser, tokens: Tokens, app: FastAPI
+) -> None:
+    # Sign-out used only to ask the browser to drop its cookie: a copy taken before still opened a
+    # signed-in session for up to 12 h. Signing out now ends every session of that token.
+    browser, other = dashboard(tokens.writer), dashboard(tokens.writer)
+    copied = browser.http.cookies[SESSION_COOKIE]
+    assert browser.post("/ui/sign-out").status_code == 303
+    replay = TestClient(app, follow_redirects=False)
+    replay.cookies.set(SESSION_COOKIE, copied, path="/ui")
+    refused = replay.get("/ui/jobs")
+    assert refused.status_code == 303 and "notice=signed-out" in refused.headers["location"]
+    assert other.get("/ui/jobs").status_code == 303, "the token's other sessions end too"
+    assert dashboard(tokens.writer).get("/ui/jobs").status_code == 200, "signing in again works at once"
+    replay.close()
+
+
 def test_another_teams_job_is_not_found(
     dashboard: Browser, tokens: Tokens, client: TestClient, writer: dict[str, str], job_body: dict[str, Any]
 ) -> None:

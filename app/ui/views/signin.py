@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.auth.service import authenticate
+from app.auth.service import authenticate, end_ui_sessions, ui_session_epoch
 from app.db import SessionDep
 from app.errors import Forbidden
 from app.ui.auth import browser_session, session_codec
@@ -92,22 +92,31 @@ def sign_in(
             code="csrf_failed",
         )
     secret = token.strip()
-    if not secret or authenticate(session, secret) is None:
+    principal = authenticate(session, secret) if secret else None
+    if principal is None:
         error = "That is not a valid token, or it was revoked."
         return _form(request, browser, next, error=error, status_code=401)
     response = RedirectResponse(safe_next(next), status_code=303)
     # A new nonce: a CSRF token seen before sign-in is worthless after it.
-    set_session_cookie(response, request, new_session(secret))
+    epoch = ui_session_epoch(session, principal.token_id)
+    set_session_cookie(response, request, new_session(secret, epoch))
     return response
 
 
 @router.post("/ui/sign-out")
-async def sign_out(request: Request) -> RedirectResponse:
-    """Needs the CSRF token but not a valid API token: a revoked token can still sign out."""
+def sign_out(
+    request: Request,
+    session: SessionDep,
+    csrf_token: Annotated[str, Form(alias=CSRF_FIELD, max_length=200)] = "",
+) -> RedirectResponse:
+    """Needs the CSRF token but not a valid API token: a revoked token can still sign out. Ends every
+    dashboard session of the token, so a copy of this cookie is refused from now on."""
     browser = browser_session(request)
-    form = await request.form()
-    if browser is not None and not session_codec(request).csrf_ok(browser, form.get(CSRF_FIELD)):
+    if browser is not None and not session_codec(request).csrf_ok(browser, csrf_token):
         raise Forbidden("this form is stale: reload the page and sign out again", code="csrf_failed")
+    principal = authenticate(session, browser.token) if browser is not None and browser.token else None
+    if principal is not None:
+        end_ui_sessions(session, principal.token_id)
     response = RedirectResponse("/ui/sign-in?notice=signed-out", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
     return response
