@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import JSON, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -90,6 +90,14 @@ def make_engine(
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, **pool)
+
+
+def one_at_a_time(session: Session, key: str) -> None:
+    """Until this transaction ends, another one calling this with the same key waits here: a check
+    over rows that may not exist yet (a count against a limit) cannot be raced. A PostgreSQL advisory
+    lock; SQLite writers are serialised already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
 
 
 def make_sessionmaker(engine: Engine, info: dict[str, Any] | None = None) -> sessionmaker[Session]:

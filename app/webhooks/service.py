@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.service import Principal, can_see, team_filter
-from app.db import new_id, now
+from app.db import new_id, now, one_at_a_time
 from app.errors import Conflict, NotFound, Unprocessable
 from app.pagination import paginate
 from app.queue import TaskName, enqueue_after_commit
@@ -61,6 +61,7 @@ def create_endpoint(
 ) -> WebhookEndpoint:
     """A new endpoint of the principal's team, with a fresh secret (in `.secret`, shown once)."""
     url = check_url(body.url, allow_private=allow_private)
+    one_at_a_time(session, f"webhooks of team {principal.team}")  # two creates at 19 cannot both pass
     existing = session.scalar(
         select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.team == principal.team)
     )

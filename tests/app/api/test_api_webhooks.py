@@ -18,7 +18,7 @@ from httpx import Response
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth.service import Scope, create_token
+from app.auth.service import Principal, Scope, create_token
 from app.db import session_scope
 from app.jobs import service as jobs
 from app.jobs.states import JobStatus
@@ -27,7 +27,7 @@ from app.registry import service as registry
 from app.settings import Settings
 from app.webhooks import service as webhooks
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from app.webhooks.schemas import EventType
+from app.webhooks.schemas import EventType, WebhookCreate
 
 from .conftest import Tokens, demonstration_lines, drain_broker, make_suite, unique, upload
 from .test_api_files import assert_error
@@ -152,6 +152,39 @@ BAD_WEBHOOKS = [
     ({"description": "x" * 501}, "invalid_request", "description"),
     ({"secret": "whsec_mine"}, "invalid_request", "secret"),
 ]
+
+
+def test_two_creates_racing_for_a_teams_last_webhook_cannot_both_win(
+    client: TestClient, db: sessionmaker[Session], cleanup: list[str]
+) -> None:
+    # The limit is a count of rows that may not be committed yet: the second create waits for the
+    # first (PostgreSQL advisory lock; SQLite serialises writers) and then sees 20.
+    team = unique("team-full")
+    with session_scope(db) as session:
+        token, secret = create_token(session, name="race", scopes=[Scope.JOBS_WRITE], team=team)
+    headers = Tokens.header(secret)
+    for _ in range(webhooks.MAX_ENDPOINTS_PER_TEAM - 1):
+        create_webhook(client, headers, cleanup, ["alias.moved"])
+    first = db()
+    first.begin()
+    principal = Principal(token_id=token.id, name="race", scopes=frozenset({Scope.JOBS_WRITE}), team=team)
+    body = WebhookCreate(url=PUBLIC_URL, events=[EventType.ALIAS_MOVED])
+    cleanup.append(webhooks.create_endpoint(first, principal=principal, body=body, allow_private=False).id)
+    second: list[Response] = []
+    thread = threading.Thread(
+        target=lambda: second.append(
+            client.post("/v1/webhooks", json={"url": PUBLIC_URL, "events": ["alias.moved"]}, headers=headers)
+        )
+    )
+    thread.start()
+    thread.join(timeout=0.5)
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert second and second[0].status_code == 409, second[0].text if second else "no answer"
+    assert second[0].json()["error"]["code"] == "too_many_webhooks"
+    listed = client.get("/v1/webhooks", params={"limit": 100}, headers=headers).json()["data"]
+    assert len(listed) == webhooks.MAX_ENDPOINTS_PER_TEAM
 
 
 @pytest.mark.parametrize(("change", "code", "param"), BAD_WEBHOOKS)
