@@ -55,12 +55,16 @@ def usage_error(message: str) -> ClientError:
     return ClientError(message, exit_code=2)
 
 
-def tcp_port(text: str) -> int:
-    """argparse type for a port to listen on."""
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def tcp_port(text: str) -> int:
+    """argparse type for a port to listen on."""
+    value = _integer(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port (1 to 65535)")
     return value
@@ -68,10 +72,7 @@ def tcp_port(text: str) -> int:
 
 def positive_int(text: str) -> int:
     """argparse type for counts that must be at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

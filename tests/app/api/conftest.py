@@ -375,3 +375,14 @@ def cli(
 ) -> CliRun:
     """The `sdft` client against the live server, as a jobs writer (test_api_client.py: as admin)."""
     return cli_runner(live_server, tokens.writer, monkeypatch, capsys, tmp_path / "config")
+
+
+@pytest.fixture()
+def tight_app(backend: Settings) -> Iterator[FastAPI]:
+    """The API with a one-connection pool that gives up after 0.2 s: busy (503) while it is held."""
+    settings = backend.model_copy(
+        update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_seconds": 0.2}
+    )
+    application = create_app(settings)
+    yield application
+    application.state.engine.dispose()

@@ -18,7 +18,6 @@ from sqlalchemy.engine import make_url
 
 from app.capacity import RequestSlots, request_slots
 from app.client import ApiClient, ClientError, retry_after_seconds
-from app.main import create_app
 from app.settings import Settings
 
 from .conftest import serve_in_thread
@@ -114,17 +113,6 @@ def test_request_slots_match_the_database_pool() -> None:
 
 
 # --------------------------------------------------------------------------- the real app
-
-
-@pytest.fixture()
-def tight_app(backend: Settings) -> Iterator[FastAPI]:
-    """The app on the test database with a one-connection pool that gives up after 0.2 s."""
-    settings = backend.model_copy(
-        update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_seconds": 0.2}
-    )
-    application = create_app(settings)
-    yield application
-    application.state.engine.dispose()
 
 
 def test_no_free_database_connection_is_a_503_with_retry_after_and_writes_nothing(

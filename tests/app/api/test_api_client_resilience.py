@@ -187,17 +187,6 @@ def short_streams(backend: Settings) -> Iterator[str]:
     application.state.engine.dispose()
 
 
-@pytest.fixture()
-def tight_app(backend: Settings) -> Iterator[FastAPI]:
-    """The API with a one-connection pool that gives up after 0.2 s: busy (503) while it is held."""
-    settings = backend.model_copy(
-        update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_seconds": 0.2}
-    )
-    application = create_app(settings)
-    yield application
-    application.state.engine.dispose()
-
-
 # Long enough that the client's first try lands inside it even on a loaded machine.
 BUSY_SECONDS = 1.5
 

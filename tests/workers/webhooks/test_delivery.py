@@ -51,6 +51,13 @@ FAST = RetryPolicy(
 GRACE_SECONDS = 60.0
 
 
+def closed_port() -> int:
+    """A local port nobody listens on: connecting to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def subscribe(
     client: TestClient,
     headers: dict[str, str],
@@ -274,9 +281,7 @@ def test_an_unreachable_receiver_is_an_error_to_retry(
     job_body: dict[str, Any],
     endpoints: list[str],
 ) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     subscribe(client, writer, f"http://127.0.0.1:{port}/hook", endpoints)
     job_id = new_job(client, writer, job_body)
     move(app, job_id, (JobStatus.VALIDATING, JobStatus.QUEUED))
@@ -366,9 +371,7 @@ def test_a_burst_of_events_during_a_short_outage_disables_nothing(
 ) -> None:
     # 20 events while the receiver is down: 20 first attempts fail in a row within a second. The default
     # policy retries them all (it disables an endpoint once such a streak lasts about 13 h).
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = closed_port()
     endpoint = subscribe(client, writer, f"http://127.0.0.1:{port}/hook", endpoints)
     with session_scope(db) as session:
         team = session.get(WebhookEndpoint, endpoint["id"]).team  # type: ignore[union-attr]
